@@ -1,0 +1,51 @@
+"""The one place that turns Settings into live things: endpoints, pools, clients.
+
+Nothing connects at import time; every function here is called by the CLI (or a test)
+with a `Settings` it built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from producers.connection import KafkaConnection
+from sagaline.localstack.stack import LocalStack
+from sagaline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where Kafka and PostgreSQL are, after the embedded default is applied."""
+
+    kafka: KafkaConnection
+    postgres_dsn: str
+    local: bool
+
+
+def local_stack(settings: Settings) -> LocalStack:
+    return LocalStack(
+        state_dir=settings.state_dir,
+        cache_dir=settings.cache_dir,
+        kafka_port=settings.local_kafka_port,
+        postgres_port=settings.local_postgres_port,
+        kafka_heap=settings.local_kafka_heap,
+    )
+
+
+async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
+    """Configured Kafka/PostgreSQL, or the local stack's (started first if asked)."""
+    stack = local_stack(settings)
+    needs_local = settings.kafka_bootstrap is None or settings.postgres_dsn is None
+    if needs_local:
+        if start_local:
+            await stack.up(brokers=stack.brokers())
+        else:
+            status = await stack.status()
+            if not status.ready:
+                raise RuntimeError(
+                    "Kafka/PostgreSQL not configured and the local stack is not running: "
+                    "run `sagaline dev up` or set SAGALINE_KAFKA_BOOTSTRAP and SAGALINE_POSTGRES_DSN"
+                )
+    bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
+    dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
+    return Endpoints(kafka=settings.kafka(bootstrap), postgres_dsn=dsn, local=needs_local)

@@ -1,0 +1,35 @@
+"""`sagaline` — the command line. Each command group lives in sagaline/commands/."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from sagaline.commands import dev, smoke
+from sagaline.console import err
+
+app = typer.Typer(
+    name="sagaline",
+    help="Choreographed sagas on Apache Kafka: local stack, workers, contracts and DLQ tools.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(dev.app, name="dev")
+app.command("smoke")(smoke.smoke)
+
+
+def main() -> None:
+    """Console-script entry point: unexpected failures become one line and exit code 1."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("SAGALINE_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,97 @@
+"""The one typed settings object, read from `SAGALINE_*` environment variables.
+
+Inner packages never read the environment: the bootstrap builds `Settings` once and
+passes plain values (or the `KafkaConnection` below) inward. Tests build `Settings`
+directly with keyword arguments or an injected mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producers.connection import KafkaConnection
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class Settings(BaseSettings):
+    """Every sagaline option. Each field is documented in docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGALINE_", extra="ignore", frozen=True)
+
+    # --- Kafka -----------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (host:port,...). Unset: the local stack's broker.",
+    )
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_client_id: str = "sagaline"
+
+    # --- PostgreSQL ------------------------------------------------------------------
+    postgres_dsn: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN. Unset: the local stack's database.",
+    )
+    postgres_pool_min: int = Field(default=1, ge=0)
+    postgres_pool_max: int = Field(default=10, ge=1)
+
+    # --- Service / operations --------------------------------------------------------
+    service_name: str = "sagaline"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    shutdown_deadline_s: float = Field(default=20.0, gt=0)
+    log_level: str = "INFO"
+
+    # --- Local stack (`sagaline dev ...`) --------------------------------------------
+    state_dir: Path = Field(
+        default=Path(".sagaline"),
+        description="Where the local stack keeps its data, logs and pid files.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "sagaline",
+        description="Where Kafka's jars are cached (shared by every checkout on the machine).",
+    )
+    local_kafka_port: int = Field(default=19092, ge=1024, le=65000)
+    local_kafka_heap: str = "1g"
+    local_postgres_port: int = Field(default=15432, ge=1024, le=65535)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an explicit mapping instead of `os.environ` (for tests)."""
+        prefix = "SAGALINE_"
+        values: dict[str, Any] = {
+            key[len(prefix) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(prefix) and key[len(prefix) :].lower() in cls.model_fields
+        }
+        return cls.model_validate(values)
+
+    def kafka(self, bootstrap: str | None = None) -> KafkaConnection:
+        """The Kafka connection options every client is built from."""
+        servers = bootstrap or self.kafka_bootstrap
+        if servers is None:
+            raise ValueError("no Kafka bootstrap servers: set SAGALINE_KAFKA_BOOTSTRAP")
+        password = self.kafka_sasl_password
+        return KafkaConnection(
+            bootstrap_servers=servers,
+            client_id=self.kafka_client_id,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=password.get_secret_value() if password else None,
+            ssl_cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+            ssl_certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+            ssl_keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+        )
