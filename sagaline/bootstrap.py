@@ -44,7 +44,8 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
             if not status.ready:
                 raise RuntimeError(
                     "Kafka/PostgreSQL not configured and the local stack is not running: "
-                    "run `sagaline dev up` or set SAGALINE_KAFKA_BOOTSTRAP and SAGALINE_POSTGRES_DSN"
+                    "run `sagaline dev up` or set SAGALINE_KAFKA_BOOTSTRAP and "
+                    "SAGALINE_POSTGRES_DSN"
                 )
     bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn

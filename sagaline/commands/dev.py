@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -15,17 +15,21 @@ from sagaline.console import emit_json, fail, out
 from sagaline.localstack.process import MissingToolError
 from sagaline.settings import Settings
 
-app = typer.Typer(help="Run a real Kafka (KRaft) and PostgreSQL locally, without Docker.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run a real Kafka (KRaft) and PostgreSQL locally, without Docker.", no_args_is_help=True
+)
 
 
-class Component(str, Enum):
+class Component(StrEnum):
     kafka = "kafka"
     postgres = "postgres"
 
 
 @app.command()
 def up(
-    brokers: int = typer.Option(1, "--brokers", help="Kafka nodes: 1, or 3 for RF=3 / min.insync.replicas=2."),
+    brokers: int = typer.Option(
+        1, "--brokers", help="Kafka nodes: 1, or 3 for RF=3 / min.insync.replicas=2."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Start Kafka and PostgreSQL (idempotent: an already running stack is reused)."""
@@ -58,7 +62,9 @@ def up(
 
 
 @app.command()
-def down(json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def down(
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
     """Stop what `dev up` started (tracked by pid files); data stays for the next `up`."""
     stopped = local_stack(Settings()).down()
     if json_output:
@@ -68,7 +74,9 @@ def down(json_output: bool = typer.Option(False, "--json", help="Machine-readabl
 
 
 @app.command()
-def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def status(
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
     """Versions and readiness of the local stack (exit 1 unless everything is ready)."""
     result = asyncio.run(local_stack(Settings()).status())
     if json_output:
@@ -76,7 +84,9 @@ def status(json_output: bool = typer.Option(False, "--json", help="Machine-reada
     else:
         table = Table("component", "version", "address", "ready", "detail")
         for c in result.components:
-            table.add_row(c.name, c.version, c.address, "[green]yes[/]" if c.ready else "[red]no[/]", c.detail)
+            table.add_row(
+                c.name, c.version, c.address, "[green]yes[/]" if c.ready else "[red]no[/]", c.detail
+            )
         out.print(table)
     if not result.ready:
         raise typer.Exit(1)
@@ -100,4 +110,8 @@ def logs(
         path = stack.postgres.log_file
     if not path.exists():
         fail(f"no log yet at {path}: run `sagaline dev up` first")
-    out.print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]), highlight=False, markup=False)
+    out.print(
+        "\n".join(path.read_text(errors="replace").splitlines()[-lines:]),
+        highlight=False,
+        markup=False,
+    )

@@ -61,7 +61,9 @@ def ensure_jars(cache_dir: Path) -> tuple[Path, bool]:
     stamp = libs / ".complete"
     if stamp.exists():
         return libs, False
-    process.require_tool("java", "a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)")
+    process.require_tool(
+        "java", "a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
+    )
     mvn = process.require_tool("mvn", "Maven (Debian: apt-get install maven)")
     libs.mkdir(parents=True, exist_ok=True)
     pom = resources.files("sagaline.localstack").joinpath("kafka-pom.xml")
@@ -171,13 +173,25 @@ def format_storage(libs: Path, node: KafkaNode, cluster_id: str) -> None:
     if (node.data_dir / "meta.properties").exists():
         return
     result = subprocess.run(
-        _java(libs, node, "256m", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.config)),
+        _java(
+            libs,
+            node,
+            "256m",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(node.config),
+        ),
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"kafka storage format failed for node {node.node_id}: {result.stdout}{result.stderr}")
+        raise RuntimeError(
+            f"kafka storage format failed for node {node.node_id}: {result.stdout}{result.stderr}"
+        )
 
 
 def start(libs: Path, node: KafkaNode, heap: str) -> int | None:
@@ -194,5 +208,7 @@ def is_running(node: KafkaNode) -> bool:
     return pid is not None and process.is_alive(pid, node.marker)
 
 
-def stop(node: KafkaNode) -> bool:
-    return process.stop(node.pid_file, node.marker, timeout_s=60.0)
+def stop(nodes: list[KafkaNode]) -> list[KafkaNode]:
+    """Stop every node together; returns the ones that were running."""
+    stopped = set(process.stop_all([(n.pid_file, n.marker) for n in nodes], timeout_s=30.0))
+    return [n for n in nodes if n.pid_file in stopped]

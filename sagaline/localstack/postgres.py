@@ -63,7 +63,9 @@ def _as_server_user(argv: list[str]) -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError as exc:
-        raise MissingToolError(f"no 'postgres' system user to run the server: install {_INSTALL_HINT}") from exc
+        raise MissingToolError(
+            f"no 'postgres' system user to run the server: install {_INSTALL_HINT}"
+        ) from exc
     return ["runuser", "-u", "postgres", "--", *argv]
 
 
@@ -78,7 +80,9 @@ def _chown_to_server_user(path: Path) -> None:
 
 
 def version() -> str:
-    out = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [str(bin_dir() / "postgres"), "--version"], capture_output=True, text=True, check=False
+    )
     return out.stdout.strip().split(" ")[2] if out.stdout.count(" ") >= 2 else out.stdout.strip()
 
 
@@ -136,7 +140,17 @@ def start(server: PostgresServer) -> bool:
     log.touch(exist_ok=True)
     _chown_to_server_user(log)
     result = _run(
-        [str(bin_dir() / "pg_ctl"), "start", "-D", str(server.data_dir), "-l", str(log), "-w", "-t", "60"]
+        [
+            str(bin_dir() / "pg_ctl"),
+            "start",
+            "-D",
+            str(server.data_dir),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+        ]
     )
     if result.returncode != 0:
         tail = log.read_text().strip().splitlines()[-3:]
@@ -147,7 +161,19 @@ def start(server: PostgresServer) -> bool:
 def stop(server: PostgresServer) -> bool:
     if not (server.data_dir / "PG_VERSION").exists() or not is_running(server):
         return False
-    result = _run([str(bin_dir() / "pg_ctl"), "stop", "-D", str(server.data_dir), "-m", "fast", "-w", "-t", "60"])
+    result = _run(
+        [
+            str(bin_dir() / "pg_ctl"),
+            "stop",
+            "-D",
+            str(server.data_dir),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+        ]
+    )
     if result.returncode != 0:
         raise RuntimeError(f"pg_ctl stop failed: {result.stderr.strip()}")
     return True

@@ -35,12 +35,18 @@ def read_pid(pid_file: Path) -> int | None:
 
 
 def is_alive(pid: int, marker: str) -> bool:
-    """True if `pid` runs and its command line contains `marker`."""
+    """True if `pid` runs (a zombie does not) and its command line contains `marker`."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return marker.encode() in cmdline
+    return state not in ("Z", "X") and marker.encode() in cmdline
+
+
+# Popen handles of servers this process started: kept so they can be reaped on stop
+# (and so Python does not warn about dropping a running child).
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def spawn(argv: Sequence[str], log_file: Path, pid_file: Path) -> int:
@@ -54,34 +60,54 @@ def spawn(argv: Sequence[str], log_file: Path, pid_file: Path) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
 
 def stop(pid_file: Path, marker: str, timeout_s: float = 30.0) -> bool:
     """SIGTERM the tracked process, SIGKILL it after `timeout_s`. True if one was stopped."""
-    pid = read_pid(pid_file)
-    if pid is None or not is_alive(pid, marker):
-        pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
+    return bool(stop_all([(pid_file, marker)], timeout_s))
+
+
+def stop_all(targets: Sequence[tuple[Path, str]], timeout_s: float = 30.0) -> list[Path]:
+    """Stop several tracked processes at once (a KRaft quorum must go down together:
+    a lone survivor waits for controllers that are gone). Returns the pid files stopped."""
+    running: dict[int, tuple[Path, str]] = {}
+    for pid_file, marker in targets:
+        pid = read_pid(pid_file)
+        if pid is not None and is_alive(pid, marker):
+            running[pid] = (pid_file, marker)
+        else:
+            pid_file.unlink(missing_ok=True)
+    for pid in running:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not is_alive(pid, marker):
-            break
-        _reap(pid)
+    alive = set(running)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            _reap(pid)
+            if not is_alive(pid, running[pid][1]):
+                alive.discard(pid)
         time.sleep(0.2)
-    else:
+    for pid in alive:
         os.kill(pid, signal.SIGKILL)
+    for pid, (pid_file, marker) in running.items():
         while is_alive(pid, marker) and not _reap(pid):
             time.sleep(0.1)
-    _reap(pid)
-    pid_file.unlink(missing_ok=True)
-    return True
+        _reap(pid)
+        pid_file.unlink(missing_ok=True)
+    return [pid_file for pid_file, _ in running.values()]
 
 
 def _reap(pid: int) -> bool:
     """Collect the exit status if `pid` is our child (else it is reaped by init)."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return False
+        del _children[pid]
+        return True
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

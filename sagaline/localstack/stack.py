@@ -79,7 +79,9 @@ class LocalStack:
 
     @property
     def postgres(self) -> postgres.PostgresServer:
-        return postgres.PostgresServer(home=self.state_dir.resolve() / "postgres", port=self.postgres_port)
+        return postgres.PostgresServer(
+            home=self.state_dir.resolve() / "postgres", port=self.postgres_port
+        )
 
     def kafka_bootstrap(self) -> str:
         return kafka.bootstrap_servers(self.kafka_nodes())
@@ -120,7 +122,7 @@ class LocalStack:
         return UpResult(bootstrap, server.dsn, downloaded, started)
 
     def down(self) -> list[str]:
-        stopped = [f"kafka node {n.node_id}" for n in self.kafka_nodes() if kafka.stop(n)]
+        stopped = [f"kafka node {n.node_id}" for n in kafka.stop(self.kafka_nodes())]
         if (self.postgres.data_dir / "PG_VERSION").exists() and postgres.stop(self.postgres):
             stopped.append("postgresql")
         return stopped
@@ -219,7 +221,9 @@ async def _poll_kafka_ready(bootstrap: str, nodes: list[kafka.KafkaNode], timeou
 async def ensure_database(server: postgres.PostgresServer) -> None:
     conn = await asyncpg.connect(server.admin_dsn, timeout=10)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE)
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE
+        )
         if not exists:
             await conn.execute(f'CREATE DATABASE "{postgres.DATABASE}"')
     finally:

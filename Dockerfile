@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY schemas schemas
+COPY producers producers
+COPY consumers consumers
+COPY sagas sagas
+COPY dlq dlq
+COPY sagaline sagaline
+RUN pip install --no-cache-dir .
+USER nobody
+ENTRYPOINT []

@@ -1,0 +1,48 @@
+# sagaline — every target creates/refreshes the virtualenv itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test unit lint up down status chaos bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@touch $(STAMP)
+
+## demo: start the local stack (Kafka + PostgreSQL) and run the main job
+demo: $(STAMP)
+	$(BIN)/sagaline dev up
+	$(BIN)/sagaline smoke
+
+## test: lint, type-check, then every test tier except chaos (real Kafka + PostgreSQL)
+test: lint
+	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+up: $(STAMP)
+	$(BIN)/sagaline dev up
+
+down: $(STAMP)
+	$(BIN)/sagaline dev down
+
+status: $(STAMP)
+	$(BIN)/sagaline dev status
+
+clean: down
+	rm -rf .sagaline

@@ -1,0 +1,115 @@
+"""Creating and checking topics through Kafka's admin API, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from producers.connection import KafkaConnection
+from schemas.topics import TopicSpec
+
+
+@dataclass
+class TopicReport:
+    """What `ensure_topics` did per topic, and how existing topics drift from their spec."""
+
+    created: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+
+async def ensure_topics(
+    kafka: KafkaConnection, specs: Sequence[TopicSpec], timeout_s: float = 30.0
+) -> TopicReport:
+    """Create missing topics, wait until every partition has a leader, report drift."""
+    report = TopicReport()
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            new = [
+                NewTopic(
+                    s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=min(s.replication or 3, brokers),
+                    topic_configs=s.configs,
+                )
+                for s in missing
+            ]
+            # another process may create one between our list and create: that is fine
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+            report.created = [s.name for s in missing]
+        await _wait_for_leaders(admin, [s.name for s in specs], timeout_s)
+        for spec in specs:
+            if spec.name in report.created:
+                continue
+            problems = await _drift(admin, spec, brokers)
+            if problems:
+                report.drift[spec.name] = problems
+            else:
+                report.unchanged.append(spec.name)
+    finally:
+        await admin.close()
+    return report
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        pending = [
+            d["topic"]
+            for d in described
+            if d["error_code"] != 0
+            or not d["partitions"]
+            or any(p["leader"] < 0 for p in d["partitions"])
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"topics without partition leaders after {timeout_s:.0f}s: {pending}"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def _drift(admin: AIOKafkaAdminClient, spec: TopicSpec, brokers: int) -> list[str]:
+    [description] = await admin.describe_topics([spec.name])
+    problems: list[str] = []
+    partitions = description["partitions"]
+    if len(partitions) < spec.partitions:
+        problems.append(f"partitions {len(partitions)} < {spec.partitions}")
+    want_rf = min(spec.replication or 3, brokers)
+    have_rf = min(len(p["replicas"]) for p in partitions)
+    if have_rf < want_rf:
+        problems.append(f"replication {have_rf} < {want_rf}")
+    if spec.configs:
+        actual = await topic_configs(admin, spec.name, list(spec.configs))
+        for key, value in spec.configs.items():
+            if actual.get(key) != value:
+                problems.append(f"{key}={actual.get(key)} (want {value})")
+    return problems
+
+
+async def topic_configs(admin: AIOKafkaAdminClient, topic: str, names: list[str]) -> dict[str, str]:
+    """Effective values of the named topic configs (explicit or inherited from the broker)."""
+    [response] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(names))]
+    )
+    [resource] = response.to_object()["resources"]
+    return {e["config_names"]: e["config_value"] for e in resource["config_entries"]}

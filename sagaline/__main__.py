@@ -1,0 +1,3 @@
+from sagaline.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""A three-node KRaft cluster: RF=3 topics with min.insync.replicas=2 work end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from producers.admin import ensure_topics, topic_configs
+from producers.connection import KafkaConnection
+from schemas.topics import TopicSpec
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_rf3_topic_produce_and_consume(kafka_cluster3: KafkaConnection, unique: str) -> None:
+    topic = f"it.rf3.{unique}"
+    report = await ensure_topics(kafka_cluster3, [TopicSpec(topic, partitions=3, replication=3)])
+    assert report.created == [topic]
+    admin = AIOKafkaAdminClient(**kafka_cluster3.client_kwargs())
+    await admin.start()
+    try:
+        assert len((await admin.describe_cluster())["brokers"]) == 3
+        # each broker learns new metadata on its own: poll until this one has it
+        description: dict[str, Any] = {"partitions": []}
+        while len(description["partitions"]) < 3:
+            [description] = await admin.describe_topics([topic])
+            await asyncio.sleep(0.1)
+        assert {len(p["replicas"]) for p in description["partitions"]} == {3}
+        assert {len(p["isr"]) for p in description["partitions"]} == {3}
+        configs = await topic_configs(admin, topic, ["min.insync.replicas"])
+        assert configs == {"min.insync.replicas": "2"}
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(
+        **kafka_cluster3.client_kwargs(), acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send_and_wait(topic, str(i).encode(), key=str(i % 5).encode())
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        topic,
+        **kafka_cluster3.client_kwargs(),
+        group_id=f"rf3-{unique}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    got: set[bytes] = set()
+    try:
+        while len(got) < 30:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                got.update(r.value for r in records)
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+    assert got == {str(i).encode() for i in range(30)}

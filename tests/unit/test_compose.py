@@ -1,0 +1,41 @@
+"""compose.yaml: the services exist, images are pinned, nothing binds a public interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
+
+
+def _services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
+    return services
+
+
+def test_the_platform_services_are_there() -> None:
+    assert {"kafka", "postgres", "prometheus", "grafana", "jaeger"} <= set(_services())
+
+
+def test_kafka_is_the_official_image_pinned_to_3_9_and_runs_kraft() -> None:
+    kafka = _services()["kafka"]
+    assert kafka["image"].startswith("apache/kafka:3.9.")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_every_image_is_pinned() -> None:
+    for name, service in _services().items():
+        image = service.get("image")
+        if image is None:
+            assert "build" in service, name
+            continue
+        tag = image.rsplit(":", 1)[1] if ":" in image else ""
+        assert tag and tag != "latest", f"{name}: {image} is not pinned"
+
+
+def test_no_port_binds_a_public_interface() -> None:
+    for name, service in _services().items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} binds every interface"
