@@ -75,16 +75,12 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeou
         pending = [
             d["topic"]
             for d in described
-            if d["error_code"] != 0
-            or not d["partitions"]
-            or any(p["leader"] < 0 for p in d["partitions"])
+            if d["error_code"] != 0 or not d["partitions"] or any(p["leader"] < 0 for p in d["partitions"])
         ]
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"topics without partition leaders after {timeout_s:.0f}s: {pending}"
-            )
+            raise TimeoutError(f"topics without partition leaders after {timeout_s:.0f}s: {pending}")
         await asyncio.sleep(0.2)
 
 

@@ -31,7 +31,5 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("SAGALINE_DEBUG"):
             raise
-        err.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True
-        )
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -14,9 +14,7 @@ from sagaline.smoke import SmokeResult, run_smoke
 
 
 def smoke(
-    messages: int = typer.Option(
-        10, "--messages", min=1, max=100_000, help="How many records to send."
-    ),
+    messages: int = typer.Option(10, "--messages", min=1, max=100_000, help="How many records to send."),
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Round trip through Kafka and PostgreSQL; exit 1 on any mismatch."""

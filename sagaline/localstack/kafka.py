@@ -61,9 +61,7 @@ def ensure_jars(cache_dir: Path) -> tuple[Path, bool]:
     stamp = libs / ".complete"
     if stamp.exists():
         return libs, False
-    process.require_tool(
-        "java", "a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
-    )
+    process.require_tool("java", "a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)")
     mvn = process.require_tool("mvn", "Maven (Debian: apt-get install maven)")
     libs.mkdir(parents=True, exist_ok=True)
     pom = resources.files("sagaline.localstack").joinpath("kafka-pom.xml")

@@ -79,9 +79,7 @@ class LocalStack:
 
     @property
     def postgres(self) -> postgres.PostgresServer:
-        return postgres.PostgresServer(
-            home=self.state_dir.resolve() / "postgres", port=self.postgres_port
-        )
+        return postgres.PostgresServer(home=self.state_dir.resolve() / "postgres", port=self.postgres_port)
 
     def kafka_bootstrap(self) -> str:
         return kafka.bootstrap_servers(self.kafka_nodes())
@@ -90,8 +88,7 @@ class LocalStack:
         running = [n for n in self.kafka_nodes() if kafka.is_running(n)]
         if running and self.brokers() != brokers:
             raise RuntimeError(
-                f"the local stack already runs with {self.brokers()} broker(s); "
-                "run `sagaline dev down` first"
+                f"the local stack already runs with {self.brokers()} broker(s); run `sagaline dev down` first"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         libs, downloaded = kafka.ensure_jars(self.cache_dir)
@@ -155,12 +152,8 @@ class LocalStack:
                 pg_detail = f"not answering: {type(exc).__name__}"
         return StackStatus(
             [
-                ComponentStatus(
-                    "kafka", kafka.KAFKA_VERSION, bootstrap, bool(running), kafka_ready, detail
-                ),
-                ComponentStatus(
-                    "postgresql", _pg_version(), server.dsn, pg_running, pg_ready, pg_detail
-                ),
+                ComponentStatus("kafka", kafka.KAFKA_VERSION, bootstrap, bool(running), kafka_ready, detail),
+                ComponentStatus("postgresql", _pg_version(), server.dsn, pg_running, pg_ready, pg_detail),
             ]
         )
 
@@ -221,9 +214,7 @@ async def _poll_kafka_ready(bootstrap: str, nodes: list[kafka.KafkaNode], timeou
 async def ensure_database(server: postgres.PostgresServer) -> None:
     conn = await asyncpg.connect(server.admin_dsn, timeout=10)
     try:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE
-        )
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{postgres.DATABASE}"')
     finally:

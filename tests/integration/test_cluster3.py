@@ -36,9 +36,7 @@ async def test_rf3_topic_produce_and_consume(kafka_cluster3: KafkaConnection, un
     finally:
         await admin.close()
 
-    producer = AIOKafkaProducer(
-        **kafka_cluster3.client_kwargs(), acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**kafka_cluster3.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for i in range(30):

@@ -32,7 +32,8 @@ def test_every_image_is_pinned() -> None:
             assert "build" in service, name
             continue
         tag = image.rsplit(":", 1)[1] if ":" in image else ""
-        assert tag and tag != "latest", f"{name}: {image} is not pinned"
+        assert tag, f"{name}: {image} has no tag"
+        assert tag != "latest", f"{name}: {image} is not pinned"
 
 
 def test_no_port_binds_a_public_interface() -> None:

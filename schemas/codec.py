@@ -1,0 +1,156 @@
+"""Kafka records <-> envelopes, following the CloudEvents Kafka protocol binding (binary mode).
+
+`encode(envelope)` gives the record's key, value and headers. `decode(value, headers)` gives
+an `Envelope` or raises one of the `DecodeError` family — never a bare KeyError/ValueError,
+whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from pydantic import ValidationError
+
+from schemas.envelope import DATA_CONTENT_TYPE, Envelope
+from schemas.errors import ContractViolation, DecodeError, InvalidHeader, MissingHeader, NotJson
+from schemas.messages import Message
+from schemas.registry import DEFAULT_REGISTRY, MessageRegistry
+
+Headers = list[tuple[str, bytes]]
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+SPECVERSION = "1.0"
+# CloudEvents extension attribute names: lowercase letters and digits only.
+EXT_SAGA_ID = "sagaid"
+EXT_CAUSATION_ID = "causationid"
+EXT_IDEMPOTENCY_KEY = "idempotencykey"
+EXT_SCHEMA_VERSION = "schemaversion"
+TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, as OpenTelemetry propagates it
+
+
+class Record(NamedTuple):
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+def encode(envelope: Envelope[Any]) -> Record:
+    attributes = {
+        "specversion": SPECVERSION,
+        "id": envelope.id,
+        "source": envelope.source,
+        "type": envelope.type,
+        "time": envelope.time.isoformat().replace("+00:00", "Z"),
+        "subject": envelope.subject,
+        "dataschema": envelope.dataschema,
+        EXT_SAGA_ID: envelope.saga_id,
+        EXT_CAUSATION_ID: envelope.causation_id,
+        EXT_IDEMPOTENCY_KEY: envelope.idempotency_key,
+        EXT_SCHEMA_VERSION: str(envelope.schema_version),
+    }
+    headers: Headers = [("content-type", DATA_CONTENT_TYPE.encode())]
+    headers += [(f"ce_{name}", value.encode()) for name, value in attributes.items() if value is not None]
+    headers += [
+        (name, value.encode()) for name in TRACE_HEADERS if (value := getattr(envelope, name)) is not None
+    ]
+    return Record(envelope.subject.encode(), envelope.data.model_dump_json().encode(), headers)
+
+
+def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    """Headers as text, names lower-cased. A repeated or non-UTF-8 header is invalid."""
+    result: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.lower()
+        if name in result:
+            raise InvalidHeader(f"header {name!r} appears more than once")
+        try:
+            result[name] = (raw_value or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidHeader(f"header {name!r} is not UTF-8") from None
+    return result
+
+
+def decode(
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]],
+    registry: MessageRegistry = DEFAULT_REGISTRY,
+) -> Envelope[Message]:
+    attrs = header_map(headers)
+
+    def required(name: str) -> str:
+        found = attrs.get(f"ce_{name}")
+        if not found:
+            raise MissingHeader(f"missing CloudEvents header ce_{name}")
+        return found
+
+    if required("specversion") != SPECVERSION:
+        raise InvalidHeader(f"ce_specversion {attrs['ce_specversion']!r} is not {SPECVERSION}")
+    content_type = attrs.get("content-type", DATA_CONTENT_TYPE).split(";")[0].strip()
+    if content_type != DATA_CONTENT_TYPE:
+        raise InvalidHeader(f"content-type {content_type!r} is not {DATA_CONTENT_TYPE}")
+    cls = registry.resolve(required("type"))
+    version = _positive_int(attrs.get(f"ce_{EXT_SCHEMA_VERSION}", "1"), EXT_SCHEMA_VERSION)
+    time = _timestamp(required("time"))
+    data = _json_object(value)
+    try:
+        data = registry.upcast(cls, version, data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ContractViolation(f"{cls.type_name} v{version} could not be upcast: {exc!r}", []) from None
+    envelope_fields = {
+        "id": required("id"),
+        "source": required("source"),
+        "time": time,
+        "saga_id": attrs.get(f"ce_{EXT_SAGA_ID}") or None,
+        "causation_id": attrs.get(f"ce_{EXT_CAUSATION_ID}") or None,
+        "idempotency_key": attrs.get(f"ce_{EXT_IDEMPOTENCY_KEY}") or None,
+        "traceparent": attrs.get("traceparent") or None,
+        "tracestate": attrs.get("tracestate") or None,
+    }
+    try:
+        message = cls.model_validate(data)
+        if envelope_fields["saga_id"] is None:
+            envelope_fields["saga_id"] = message.order_id
+        envelope = Envelope[Message](data=message, **envelope_fields)
+    except ValidationError as exc:
+        errors = [(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"]) for e in exc.errors()]
+        summary = "; ".join(f"{path}: {msg}" for path, msg in errors[:5])
+        raise ContractViolation(f"{cls.type_name} failed validation: {summary}", errors) from None
+    subject = attrs.get("ce_subject")
+    if subject is not None and subject != message.key:
+        raise InvalidHeader(f"ce_subject {subject!r} does not match order id {message.key!r}")
+    return envelope
+
+
+def _json_object(value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        raise NotJson("record has no value (tombstone)")
+    try:
+        parsed = json.loads(value)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise NotJson(f"value is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise NotJson(f"value is JSON {type(parsed).__name__}, not an object")
+    return parsed
+
+
+def _positive_int(text: str, name: str) -> int:
+    if not _DIGITS.fullmatch(text) or int(text) < 1:
+        raise InvalidHeader(f"ce_{name} {text!r} is not a positive integer")
+    return int(text)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidHeader(f"ce_time {text!r} is not an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise InvalidHeader(f"ce_time {text!r} has no UTC offset")
+    return parsed
+
+
+__all__ = ["DecodeError", "Headers", "Record", "decode", "encode", "header_map"]

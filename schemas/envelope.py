@@ -1,0 +1,80 @@
+"""The envelope: CloudEvents 1.0 context attributes around one message.
+
+On the wire (Kafka protocol binding, binary mode) the attributes travel as `ce_*` headers,
+the record value is the JSON data and the record key is the order id; see `codec.py`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.messages import Message
+from schemas.registry import ce_type
+
+M = TypeVar("M", bound=Message)
+
+DATA_CONTENT_TYPE = "application/json"
+DATASCHEMA_BASE = "https://sagaline.dev/schemas/"
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Envelope(BaseModel, Generic[M]):
+    """One message plus its context: identity, origin, time, saga and causation, trace."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=new_event_id, min_length=1, max_length=128)
+    source: str = Field(min_length=1, max_length=256, description="URI-reference of the producer.")
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    saga_id: str = Field(min_length=1, max_length=128, description="Correlation id of the saga.")
+    causation_id: str | None = Field(default=None, max_length=128)
+    idempotency_key: str | None = Field(default=None, max_length=128)
+    traceparent: str | None = Field(default=None, max_length=55)
+    tracestate: str | None = Field(default=None, max_length=512)
+    data: M
+
+    @property
+    def type(self) -> str:
+        return ce_type(type(self.data))
+
+    @property
+    def subject(self) -> str:
+        return self.data.key
+
+    @property
+    def schema_version(self) -> int:
+        return type(self.data).schema_version
+
+    @property
+    def dataschema(self) -> str:
+        cls = type(self.data)
+        return f"{DATASCHEMA_BASE}{cls.type_name}/v{cls.schema_version}.json"
+
+    @classmethod
+    def new(
+        cls,
+        data: M,
+        source: str,
+        *,
+        caused_by: Envelope[Message] | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> Envelope[M]:
+        """Wrap `data`; saga and causation come from the envelope that caused it, if any."""
+        idempotency_key = getattr(data, "idempotency_key", None)
+        return cls(
+            source=source,
+            saga_id=caused_by.saga_id if caused_by else data.order_id,
+            causation_id=caused_by.id if caused_by else None,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent or (caused_by.traceparent if caused_by else None),
+            tracestate=tracestate or (caused_by.tracestate if caused_by else None),
+            data=data,
+        )

@@ -1,0 +1,147 @@
+"""The saga's messages: upstream requests (commands) and the events services emit.
+
+Every message is immutable, rejects unknown fields, carries the order id (the record key)
+and declares its type name and schema version. Business outcomes (a declined payment,
+missing stock) are events with a reason, never errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from schemas.values import Currency, Identifier, LineItem, Money, StockLine
+
+IdempotencyKey = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+CancelReason = Literal["payment_declined", "out_of_stock", "customer_request", "deadline_expired"]
+
+
+class Message(BaseModel):
+    """Base of every message. `type_name` is the CloudEvents `type` suffix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type_name: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    kind: ClassVar[Literal["command", "event"]]
+
+    order_id: Identifier
+
+    @property
+    def key(self) -> str:
+        """The Kafka record key: every message of one order lands in one partition."""
+        return self.order_id
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "type_name" not in cls.__dict__:
+            cls.type_name = cls.__name__
+
+
+class Command(Message):
+    """A request from upstream. Carries the caller's idempotency key."""
+
+    kind: ClassVar[Literal["command", "event"]] = "command"
+    idempotency_key: IdempotencyKey
+
+
+class Event(Message):
+    """Something that happened in a service."""
+
+    kind: ClassVar[Literal["command", "event"]] = "event"
+
+
+# --- upstream requests --------------------------------------------------------------
+
+
+class PlaceOrder(Command):
+    customer_id: Identifier
+    currency: Currency
+    items: list[LineItem] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _skus_are_unique(self) -> PlaceOrder:
+        skus = [item.sku for item in self.items]
+        if len(set(skus)) != len(skus):
+            raise ValueError("items: each sku may appear once (sum the quantities)")
+        return self
+
+    @property
+    def total(self) -> Money:
+        return Money(amount_minor=sum(i.total_minor for i in self.items), currency=self.currency)
+
+
+class CancelOrder(Command):
+    reason: Reason = "customer request"
+
+
+# --- order service ------------------------------------------------------------------
+
+
+class OrderPlaced(Event):
+    customer_id: Identifier
+    items: list[LineItem] = Field(min_length=1, max_length=100)
+    total: Money
+
+
+class OrderConfirmed(Event):
+    total: Money
+
+
+class OrderCancelled(Event):
+    reason: CancelReason
+    detail: str = Field(default="", max_length=500)
+
+
+# --- payment service ----------------------------------------------------------------
+
+
+class PaymentCompleted(Event):
+    payment_id: Identifier
+    customer_id: Identifier
+    amount: Money
+
+
+class PaymentFailed(Event):
+    customer_id: Identifier
+    amount: Money
+    reason: Reason
+
+
+class PaymentRefunded(Event):
+    payment_id: Identifier
+    amount: Money
+    reason: Reason
+
+
+# --- inventory service --------------------------------------------------------------
+
+
+class StockReserved(Event):
+    lines: list[StockLine] = Field(min_length=1, max_length=100)
+
+
+class StockRejected(Event):
+    reason: Reason
+    missing: list[StockLine] = Field(default_factory=list, max_length=100)
+
+
+class StockReleased(Event):
+    lines: list[StockLine] = Field(min_length=1, max_length=100)
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    PlaceOrder,
+    CancelOrder,
+    OrderPlaced,
+    OrderConfirmed,
+    OrderCancelled,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    StockReserved,
+    StockRejected,
+    StockReleased,
+)
