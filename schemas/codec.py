@@ -99,7 +99,7 @@ def decode(
     try:
         data = registry.upcast(cls, version, data)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ContractViolation(f"{cls.type_name} v{version} could not be upcast: {exc!r}", []) from None
+        raise ContractViolation(f"{cls.__name__} v{version} could not be upcast: {exc!r}", []) from None
     envelope_fields = {
         "id": required("id"),
         "source": required("source"),
@@ -118,7 +118,7 @@ def decode(
     except ValidationError as exc:
         errors = [(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"]) for e in exc.errors()]
         summary = "; ".join(f"{path}: {msg}" for path, msg in errors[:5])
-        raise ContractViolation(f"{cls.type_name} failed validation: {summary}", errors) from None
+        raise ContractViolation(f"{cls.__name__} failed validation: {summary}", errors) from None
     subject = attrs.get("ce_subject")
     if subject is not None and subject != message.key:
         raise InvalidHeader(f"ce_subject {subject!r} does not match order id {message.key!r}")

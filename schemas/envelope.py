@@ -55,7 +55,7 @@ class Envelope(BaseModel, Generic[M]):
     @property
     def dataschema(self) -> str:
         cls = type(self.data)
-        return f"{DATASCHEMA_BASE}{cls.type_name}/v{cls.schema_version}.json"
+        return f"{DATASCHEMA_BASE}{cls.__name__}/v{cls.schema_version}.json"
 
     @classmethod
     def new(

@@ -19,11 +19,10 @@ CancelReason = Literal["payment_declined", "out_of_stock", "customer_request", "
 
 
 class Message(BaseModel):
-    """Base of every message. `type_name` is the CloudEvents `type` suffix."""
+    """Base of every message. The class name is the CloudEvents `type` suffix."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    type_name: ClassVar[str]
     schema_version: ClassVar[int] = 1
     kind: ClassVar[Literal["command", "event"]]
 
@@ -33,11 +32,6 @@ class Message(BaseModel):
     def key(self) -> str:
         """The Kafka record key: every message of one order lands in one partition."""
         return self.order_id
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "type_name" not in cls.__dict__:
-            cls.type_name = cls.__name__
 
 
 class Command(Message):

@@ -21,7 +21,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 def ce_type(cls: type[Message]) -> str:
     """The CloudEvents `type` of a message class, e.g. `io.sagaline.OrderPlaced`."""
-    return TYPE_PREFIX + cls.type_name
+    return TYPE_PREFIX + cls.__name__
 
 
 @dataclass
@@ -58,13 +58,13 @@ class MessageRegistry:
         current = cls.schema_version
         if version > current:
             raise UnsupportedVersion(
-                f"{cls.type_name} version {version} is newer than this service understands ({current})"
+                f"{cls.__name__} version {version} is newer than this service understands ({current})"
             )
         while version < current:
-            step = self.upcasters.get((cls.type_name, version))
+            step = self.upcasters.get((cls.__name__, version))
             if step is None:
                 raise UnsupportedVersion(
-                    f"{cls.type_name} version {version} has no upcaster to {version + 1}"
+                    f"{cls.__name__} version {version} has no upcaster to {version + 1}"
                 )
             data = step(data)
             version += 1
