@@ -63,9 +63,7 @@ class MessageRegistry:
         while version < current:
             step = self.upcasters.get((cls.__name__, version))
             if step is None:
-                raise UnsupportedVersion(
-                    f"{cls.__name__} version {version} has no upcaster to {version + 1}"
-                )
+                raise UnsupportedVersion(f"{cls.__name__} version {version} has no upcaster to {version + 1}")
             data = step(data)
             version += 1
         return data
