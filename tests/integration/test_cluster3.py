@@ -24,10 +24,14 @@ async def test_rf3_topic_produce_and_consume(kafka_cluster3: KafkaConnection, un
     await admin.start()
     try:
         assert len((await admin.describe_cluster())["brokers"]) == 3
-        # each broker learns new metadata on its own: poll until this one has it
+        # each broker learns new metadata, and followers join the ISR, on their own time
         description: dict[str, Any] = {"partitions": []}
-        while len(description["partitions"]) < 3:
+        for _ in range(100):
             [description] = await admin.describe_topics([topic])
+            if len(description["partitions"]) == 3 and all(
+                len(p["isr"]) == 3 for p in description["partitions"]
+            ):
+                break
             await asyncio.sleep(0.1)
         assert {len(p["replicas"]) for p in description["partitions"]} == {3}
         assert {len(p["isr"]) for p in description["partitions"]} == {3}
