@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test unit lint up down status chaos bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@# the official AsyncAPI parser validates the contract in the tests (needs Node.js)
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error; fi
 	@touch $(STAMP)
 
 ## demo: start the local stack (Kafka + PostgreSQL) and run the main job

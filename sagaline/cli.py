@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from sagaline.commands import dev, smoke
+from sagaline.commands import dev, schemas, smoke, topics
 from sagaline.console import err
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(schemas.app, name="schemas")
+app.add_typer(topics.app, name="topics")
 app.command("smoke")(smoke.smoke)
 
 

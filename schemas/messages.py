@@ -51,6 +51,8 @@ class Event(Message):
 
 
 class PlaceOrder(Command):
+    """Upstream asks for an order. Retries carry the same idempotency key."""
+
     customer_id: Identifier
     currency: Currency
     items: list[LineItem] = Field(min_length=1, max_length=100)
@@ -68,6 +70,8 @@ class PlaceOrder(Command):
 
 
 class CancelOrder(Command):
+    """Upstream asks to cancel an order at any step; compensations follow."""
+
     reason: Reason = "customer request"
 
 
@@ -75,16 +79,22 @@ class CancelOrder(Command):
 
 
 class OrderPlaced(Event):
+    """The order service accepted an order; payment is next."""
+
     customer_id: Identifier
     items: list[LineItem] = Field(min_length=1, max_length=100)
     total: Money
 
 
 class OrderConfirmed(Event):
+    """Paid and stock reserved: the saga ended successfully."""
+
     total: Money
 
 
 class OrderCancelled(Event):
+    """The saga ended without the order; every compensation is done."""
+
     reason: CancelReason
     detail: str = Field(default="", max_length=500)
 
@@ -93,18 +103,24 @@ class OrderCancelled(Event):
 
 
 class PaymentCompleted(Event):
+    """The customer was charged; inventory reserves stock next."""
+
     payment_id: Identifier
     customer_id: Identifier
     amount: Money
 
 
 class PaymentFailed(Event):
+    """The charge was declined (a business outcome, not an error)."""
+
     customer_id: Identifier
     amount: Money
     reason: Reason
 
 
 class PaymentRefunded(Event):
+    """A charge was refunded (compensation)."""
+
     payment_id: Identifier
     amount: Money
     reason: Reason
@@ -114,15 +130,21 @@ class PaymentRefunded(Event):
 
 
 class StockReserved(Event):
+    """Every line of the order is reserved."""
+
     lines: list[StockLine] = Field(min_length=1, max_length=100)
 
 
 class StockRejected(Event):
+    """Not enough stock for at least one line; nothing was reserved."""
+
     reason: Reason
     missing: list[StockLine] = Field(default_factory=list, max_length=100)
 
 
 class StockReleased(Event):
+    """A reservation was given back (compensation)."""
+
     lines: list[StockLine] = Field(min_length=1, max_length=100)
 
 
