@@ -7,6 +7,9 @@ with a `Settings` it built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
 
 from producers.connection import KafkaConnection
 from sagaline.localstack.stack import LocalStack
@@ -50,3 +53,11 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
     bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
     return Endpoints(kafka=settings.kafka(bootstrap), postgres_dsn=dsn, local=needs_local)
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[Any]:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=settings.postgres_pool_min, max_size=settings.postgres_pool_max
+    )
+    assert pool is not None
+    return pool

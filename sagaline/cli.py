@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from sagaline.commands import dev, schemas, smoke, topics
+from sagaline.commands import dev, publish, relay, schemas, smoke, topics
 from sagaline.console import err
 
 app = typer.Typer(
@@ -21,6 +21,8 @@ app.add_typer(dev.app, name="dev")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(topics.app, name="topics")
 app.command("smoke")(smoke.smoke)
+app.command("publish")(publish.publish)
+app.command("relay")(relay.relay)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from schemas.envelope import DATA_CONTENT_TYPE, Envelope
 from schemas.errors import ContractViolation, DecodeError, InvalidHeader, MissingHeader, NotJson
 from schemas.messages import Message
-from schemas.registry import DEFAULT_REGISTRY, MessageRegistry
+from schemas.registry import DEFAULT_REGISTRY, TYPE_PREFIX, MessageRegistry
 
 Headers = list[tuple[str, bytes]]
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -110,19 +110,36 @@ def decode(
         "traceparent": attrs.get("traceparent") or None,
         "tracestate": attrs.get("tracestate") or None,
     }
+    message = _validated(cls, data)
+    envelope_fields["saga_id"] = envelope_fields["saga_id"] or message.order_id
     try:
-        message = cls.model_validate(data)
-        if envelope_fields["saga_id"] is None:
-            envelope_fields["saga_id"] = message.order_id
         envelope = Envelope[Message](data=message, **envelope_fields)
     except ValidationError as exc:
-        errors = [(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"]) for e in exc.errors()]
-        summary = "; ".join(f"{path}: {msg}" for path, msg in errors[:5])
-        raise ContractViolation(f"{cls.__name__} failed validation: {summary}", errors) from None
+        raise _violation("envelope", exc) from None
     subject = attrs.get("ce_subject")
     if subject is not None and subject != message.key:
         raise InvalidHeader(f"ce_subject {subject!r} does not match order id {message.key!r}")
     return envelope
+
+
+def parse_message(type_name: str, payload: Any, registry: MessageRegistry = DEFAULT_REGISTRY) -> Message:
+    """Build a message from a type name (`PlaceOrder` or `io.sagaline.PlaceOrder`) and a
+    JSON-like payload; `UnknownMessageType` / `ContractViolation` (with field paths) otherwise."""
+    full = type_name if type_name.startswith(TYPE_PREFIX) else TYPE_PREFIX + type_name
+    return _validated(registry.resolve(full), payload)
+
+
+def _validated(cls: type[Message], data: Any) -> Message:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _violation(cls.__name__, exc) from None
+
+
+def _violation(what: str, exc: ValidationError) -> ContractViolation:
+    errors = [(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"]) for e in exc.errors()]
+    summary = "; ".join(f"{path}: {msg}" for path, msg in errors[:5])
+    return ContractViolation(f"{what} failed validation: {summary}", errors)
 
 
 def _json_object(value: bytes | None) -> dict[str, Any]:
@@ -153,4 +170,4 @@ def _timestamp(text: str) -> datetime:
     return parsed
 
 
-__all__ = ["DecodeError", "Headers", "Record", "decode", "encode", "header_map"]
+__all__ = ["DecodeError", "Headers", "Record", "decode", "encode", "header_map", "parse_message"]

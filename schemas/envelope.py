@@ -6,13 +6,14 @@ the record value is the JSON data and the record key is the order id; see `codec
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.messages import Message
+from schemas.messages import Command, Message
 from schemas.registry import ce_type
 
 M = TypeVar("M", bound=Message)
@@ -21,8 +22,21 @@ DATA_CONTENT_TYPE = "application/json"
 DATASCHEMA_BASE = "https://sagaline.dev/schemas/"
 
 
+_REQUEST_ID_NAMESPACE = uuid.UUID("6f0f3c1e-3b0a-4d5e-9a57-5a6167616c69")
+
+
 def new_event_id() -> str:
     return str(uuid.uuid4())
+
+
+def request_event_id(command: Command) -> str:
+    """A request's event id is derived from its idempotency key and body: a retry of the same
+    request has the same id (consumers drop it as a duplicate), while the same key with a
+    different body gets a different id (so the order service can reject the conflict)."""
+    body = hashlib.sha256(command.model_dump_json().encode()).hexdigest()
+    return str(
+        uuid.uuid5(_REQUEST_ID_NAMESPACE, f"{type(command).__name__}:{command.idempotency_key}:{body}")
+    )
 
 
 class Envelope(BaseModel, Generic[M]):
@@ -68,8 +82,9 @@ class Envelope(BaseModel, Generic[M]):
         tracestate: str | None = None,
     ) -> Envelope[M]:
         """Wrap `data`; saga and causation come from the envelope that caused it, if any."""
-        idempotency_key = getattr(data, "idempotency_key", None)
+        idempotency_key = data.idempotency_key if isinstance(data, Command) else None
         return cls(
+            id=request_event_id(data) if isinstance(data, Command) else new_event_id(),
             source=source,
             saga_id=caused_by.saga_id if caused_by else data.order_id,
             causation_id=caused_by.id if caused_by else None,

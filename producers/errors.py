@@ -1,0 +1,25 @@
+"""Publishing errors: the caller's fault (nothing sent) vs delivery (retryable)."""
+
+from __future__ import annotations
+
+
+class PublishError(Exception):
+    """Base of publishing errors."""
+
+
+class PublishValidationError(PublishError):
+    """The message does not satisfy its schema; nothing was sent or staged.
+    `errors` lists (field path, problem)."""
+
+    def __init__(self, message: str, errors: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class DeliveryError(PublishError):
+    """The broker did not acknowledge the record. Retrying is safe: a retry carries the same
+    event id, so consumers drop a duplicate. `outcome_unknown` means it may have been written."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown

@@ -1,0 +1,105 @@
+"""The transactional outbox: an event is staged in the same PostgreSQL transaction as the
+state change that caused it, so both commit or neither does. The relay publishes it later.
+
+Every outbox lives in its service's schema. Rows are spread over `BUCKETS` buckets by a
+stable hash of the record key; a relay owns a bucket for one transaction at a time, which
+keeps per-key order while several relays run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from producers.db import DbConnection, qualified
+from producers.errors import PublishValidationError
+from producers.publisher import parse_payload
+from schemas.codec import encode
+from schemas.envelope import Envelope
+from schemas.messages import Message
+from schemas.topics import TopicMap
+
+BUCKETS = 64
+NOTIFY_CHANNEL = "sagaline_outbox"
+
+
+def ddl(schema: str) -> str:
+    table = qualified(schema, "outbox")
+    return f"""
+    CREATE SCHEMA IF NOT EXISTS "{schema}";
+    CREATE TABLE IF NOT EXISTS {table} (
+        id           bigserial PRIMARY KEY,
+        event_id     text        NOT NULL UNIQUE,
+        topic        text        NOT NULL,
+        key          bytea       NOT NULL,
+        value        bytea       NOT NULL,
+        headers      jsonb       NOT NULL,
+        bucket       smallint    NOT NULL,
+        created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+        published_at timestamptz,
+        attempts     integer     NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS outbox_pending ON {table} (bucket, id) WHERE published_at IS NULL;
+    CREATE INDEX IF NOT EXISTS outbox_published ON {table} (published_at) WHERE published_at IS NOT NULL;
+    """
+
+
+async def install(conn: DbConnection, schema: str) -> None:
+    """Create the outbox table (idempotent). Service migrations call this."""
+    await conn.execute(ddl(schema))
+
+
+def bucket_of(key: bytes) -> int:
+    return zlib.crc32(key) % BUCKETS
+
+
+async def stage(conn: DbConnection, schema: str, envelope: Envelope[Any], topics: TopicMap) -> None:
+    """Write `envelope` into the outbox inside the caller's open transaction."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.stage must run inside the caller's transaction")
+    record = encode(envelope)
+    await conn.execute(
+        f"INSERT INTO {qualified(schema, 'outbox')} (event_id, topic, key, value, headers, bucket)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
+        envelope.id,
+        topics.topic_for(type(envelope.data)),
+        record.key,
+        record.value,
+        json.dumps([[name, value.decode()] for name, value in record.headers]),
+        bucket_of(record.key),
+    )
+    # Delivered at commit, and only if the transaction commits: wakes the relay at once.
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, schema)
+
+
+async def stage_message(
+    conn: DbConnection,
+    schema: str,
+    message: Message,
+    *,
+    source: str,
+    topics: TopicMap,
+    caused_by: Envelope[Message] | None = None,
+) -> Envelope[Message]:
+    envelope: Envelope[Message] = Envelope.new(message, source, caused_by=caused_by)
+    await stage(conn, schema, envelope, topics)
+    return envelope
+
+
+async def stage_payload(
+    conn: DbConnection,
+    schema: str,
+    type_name: str,
+    payload: Any,
+    *,
+    source: str,
+    topics: TopicMap,
+) -> Envelope[Message]:
+    """Validate a JSON-like payload, then stage it. An invalid one raises
+    `PublishValidationError` (with field paths) before anything is written."""
+    message = parse_payload(type_name, payload)
+    return await stage_message(conn, schema, message, source=source, topics=topics)
+
+
+__all__ = ["BUCKETS", "PublishValidationError", "install", "stage", "stage_message", "stage_payload"]

@@ -1,0 +1,206 @@
+"""The outbox relay: publishes staged rows in order per key, marks them after the broker's ack.
+
+One pass visits every bucket with pending rows. For each, in one transaction: take the
+bucket's advisory lock (skip it if another relay holds it), read its pending rows in id
+order, send them all, wait for the acknowledgements, mark the acknowledged prefix
+published, commit. A crash before the mark re-sends those rows later under the same event
+id, which consumers drop as duplicates. Woken by LISTEN/NOTIFY, with a polling fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from producers.db import qualified
+from producers.errors import DeliveryError
+from producers.metrics import RelayMetrics
+from producers.outbox import NOTIFY_CHANNEL
+from producers.publisher import Ack, Publisher
+from schemas.codec import Record
+
+log = logging.getLogger(__name__)
+
+AfterSend = Callable[[list[Ack]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    batch_size: int = 500
+    concurrency: int = 4
+    poll_interval_s: float = 1.0
+    retention_s: float = 7 * 24 * 3600.0
+    prune_interval_s: float = 300.0
+
+
+class OutboxRelay:
+    """Publishes one service schema's outbox through a `Publisher`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        publisher: Publisher,
+        schema: str,
+        *,
+        options: RelayOptions | None = None,
+        metrics: RelayMetrics | None = None,
+        after_send: AfterSend | None = None,
+    ) -> None:
+        """`after_send` runs after the broker acknowledged a batch and before it is marked
+        published: the seam where reliability tests inject a crash."""
+        self.pool = pool
+        self.publisher = publisher
+        self.schema = schema
+        self.table = qualified(schema, "outbox")
+        self.options = options or RelayOptions()
+        self.metrics = metrics
+        self.after_send = after_send
+        self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
+        self._wake = asyncio.Event()
+
+    async def publish_pending(self) -> int:
+        """One pass over every bucket with pending rows; returns rows published."""
+        buckets = [
+            r["bucket"]
+            for r in await self.pool.fetch(
+                f"SELECT DISTINCT bucket FROM {self.table} WHERE published_at IS NULL"
+            )
+        ]
+        limit = asyncio.Semaphore(self.options.concurrency)
+
+        async def one(bucket: int) -> int:
+            async with limit:
+                return await self._publish_bucket(bucket)
+
+        counts = await asyncio.gather(*(one(b) for b in buckets))
+        await self._observe_backlog()
+        return sum(counts)
+
+    async def _publish_bucket(self, bucket: int) -> int:
+        failure: DeliveryError | None = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", self._lock_class, bucket):
+                return 0  # another relay is on it
+            rows = await conn.fetch(
+                f"SELECT id, event_id, topic, key, value, headers, created_at FROM {self.table}"
+                " WHERE bucket = $1 AND published_at IS NULL ORDER BY id LIMIT $2",
+                bucket,
+                self.options.batch_size,
+            )
+            if not rows:
+                return 0
+            acks: list[Ack] = []
+            futures: list[asyncio.Future[Any]] = []
+            for row in rows:
+                try:
+                    futures.append(await self.publisher.enqueue(row["topic"], _record(row)))
+                except DeliveryError as exc:
+                    failure = exc
+                    break
+            results = await asyncio.gather(
+                *(
+                    Publisher.acknowledged(f, r["topic"], r["event_id"])
+                    for r, f in zip(rows, futures, strict=False)
+                ),
+                return_exceptions=True,
+            )
+            for result in results:  # the acknowledged prefix is marked; the rest goes again next pass
+                if isinstance(result, BaseException):
+                    failure = (
+                        result
+                        if isinstance(result, DeliveryError)
+                        else DeliveryError(repr(result), outcome_unknown=True)
+                    )
+                    break
+                acks.append(result)
+            if self.after_send is not None:
+                await self.after_send(acks)
+            if acks:
+                await conn.execute(
+                    f"UPDATE {self.table} SET published_at = clock_timestamp(), attempts = attempts + 1"
+                    " WHERE id = ANY($1::bigint[])",
+                    [row["id"] for row in rows[: len(acks)]],
+                )
+        self._observe_published(rows[: len(acks)])
+        if failure is not None:
+            if self.metrics:
+                self.metrics.publish_failures.labels(self.schema).inc()
+            log.warning(
+                "outbox %s bucket %d: %s; %d row(s) retried next pass",
+                self.schema,
+                bucket,
+                failure,
+                len(rows) - len(acks),
+            )
+        return len(acks)
+
+    def _observe_published(self, rows: list[asyncpg.Record]) -> None:
+        if not self.metrics or not rows:
+            return
+        now = datetime.now(UTC)
+        for row in rows:
+            self.metrics.published.labels(self.schema, row["topic"]).inc()
+            self.metrics.latency.labels(self.schema).observe((now - row["created_at"]).total_seconds())
+
+    async def _observe_backlog(self) -> None:
+        if not self.metrics:
+            return
+        count, oldest = await self.pool.fetchrow(
+            f"SELECT count(*), min(created_at) FROM {self.table} WHERE published_at IS NULL"
+        ) or (0, None)
+        self.metrics.backlog.labels(self.schema).set(count)
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        self.metrics.oldest_pending_age.labels(self.schema).set(age)
+
+    async def prune(self) -> int:
+        """Delete rows published longer ago than the retention period."""
+        status = await self.pool.execute(
+            f"DELETE FROM {self.table} WHERE published_at < clock_timestamp() - make_interval(secs => $1)",
+            self.options.retention_s,
+        )
+        return int(status.split()[-1])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until `stop` is set; wakes on NOTIFY, polls as a fallback, prunes periodically."""
+        listener = await self.pool.acquire()
+        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        last_prune = 0.0
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                published = await self.publish_pending()
+                if time.monotonic() - last_prune > self.options.prune_interval_s:
+                    await self.prune()
+                    last_prune = time.monotonic()
+                if published:
+                    continue  # more may be waiting: go again without sleeping
+                waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+                _, pending = await asyncio.wait(
+                    waiters, timeout=self.options.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(listener)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        if payload == self.schema:
+            self._wake.set()
+
+
+def _record(row: asyncpg.Record) -> Record:
+    headers = [(name, value.encode()) for name, value in json.loads(row["headers"])]
+    return Record(bytes(row["key"]), bytes(row["value"]), headers)

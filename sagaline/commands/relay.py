@@ -1,0 +1,82 @@
+"""`sagaline relay` — publish the transactional outbox of one or more service schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+from prometheus_client import CollectorRegistry
+
+from producers import outbox
+from producers.db import qualified
+from producers.metrics import RelayMetrics
+from producers.publisher import Publisher
+from producers.relay import OutboxRelay, RelayOptions
+from sagaline.bootstrap import create_pool, endpoints
+from sagaline.ops import OpsServer
+from sagaline.runtime import configure_logging, stop_event_on_signals
+from sagaline.settings import Settings
+
+log = logging.getLogger("sagaline.relay")
+
+
+def relay(
+    schemas: list[str] = typer.Option(
+        ..., "--schema", help="Service schema whose outbox to publish (repeatable)."
+    ),
+    batch_size: int = typer.Option(
+        500, "--batch-size", min=1, max=10_000, help="Rows per bucket transaction."
+    ),
+    poll_interval: float = typer.Option(
+        1.0, "--poll-interval", min=0.05, help="Seconds between polls (NOTIFY wakes sooner)."
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Port for /metrics (default: settings; 0 = any free)."
+    ),
+) -> None:
+    """Publish outbox rows in order per key until SIGTERM/SIGINT; safe to run several at once."""
+    for schema in schemas:
+        try:
+            qualified(schema, "outbox")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--schema") from None
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(
+        _run(
+            settings,
+            schemas,
+            RelayOptions(batch_size=batch_size, poll_interval_s=poll_interval),
+            metrics_port,
+        )
+    )
+
+
+async def _run(
+    settings: Settings, schemas: list[str], options: RelayOptions, metrics_port: int | None
+) -> None:
+    stop = stop_event_on_signals()
+    ends = await endpoints(settings, start_local=False)
+    registry = CollectorRegistry()
+    metrics = RelayMetrics(registry)
+    pool = await create_pool(settings, ends.postgres_dsn)
+    ops = OpsServer(
+        registry,
+        settings.metrics_host,
+        settings.metrics_port if metrics_port is None else metrics_port,
+        ready=lambda: not stop.is_set(),
+    )
+    try:
+        async with pool.acquire() as conn:
+            for schema in schemas:
+                await outbox.install(conn, schema)
+        port = await ops.start()
+        async with Publisher(ends.kafka, source="/sagaline/relay") as publisher:
+            relays = [OutboxRelay(pool, publisher, s, options=options, metrics=metrics) for s in schemas]
+            log.info("relay publishing %s; metrics on %s:%d", ", ".join(schemas), settings.metrics_host, port)
+            await asyncio.gather(*(r.run(stop) for r in relays))
+        log.info("relay stopped cleanly")
+    finally:
+        await ops.stop()
+        await pool.close()

@@ -1,0 +1,163 @@
+"""The transactional outbox and its relay against real PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from producers import outbox
+from producers.connection import KafkaConnection
+from producers.errors import PublishValidationError
+from producers.metrics import RelayMetrics
+from producers.publisher import Publisher
+from producers.relay import OutboxRelay, RelayOptions
+from schemas.messages import OrderConfirmed
+from schemas.topics import TopicMap
+from schemas.values import Money
+from tests.support import create_topic_map, decoded, read_all, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+@pytest.fixture
+async def pool(postgres_dsn: str, pg_schema: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=6)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await outbox.install(conn, pg_schema)
+        await conn.execute(f'CREATE TABLE "{pg_schema}".orders (id text PRIMARY KEY, total bigint NOT NULL)')
+    yield pool
+    await pool.close()
+
+
+def confirmed(order_id: str, amount: int) -> OrderConfirmed:
+    return OrderConfirmed(order_id=order_id, total=Money(amount_minor=amount, currency="EUR"))
+
+
+async def _stage(
+    pool: asyncpg.Pool[Any], schema: str, topics: TopicMap, messages: list[OrderConfirmed]
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for message in messages:
+            await outbox.stage_message(conn, schema, message, source="/sagaline/order", topics=topics)
+
+
+async def _pending(pool: asyncpg.Pool[Any], schema: str) -> int:
+    count: int = await pool.fetchval(f'SELECT count(*) FROM "{schema}".outbox WHERE published_at IS NULL')
+    return count
+
+
+async def test_stage_needs_the_callers_transaction(pool: asyncpg.Pool[Any], pg_schema: str) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError, match="inside the caller's transaction"):
+            await outbox.stage_message(conn, pg_schema, confirmed("o-1", 1), source="/t", topics=TopicMap())
+
+
+async def test_an_invalid_event_is_refused_before_anything_commits(
+    pool: asyncpg.Pool[Any], pg_schema: str
+) -> None:
+    async def place_with_bad_event() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f'INSERT INTO "{pg_schema}".orders VALUES ($1, $2)', "o-1", 100)
+            await outbox.stage_payload(
+                conn,
+                pg_schema,
+                "OrderConfirmed",
+                {"order_id": "o-1", "total": {"amount_minor": 100, "currency": "euro"}},
+                source="/sagaline/order",
+                topics=TopicMap(),
+            )
+
+    with pytest.raises(PublishValidationError) as caught:
+        await place_with_bad_event()
+    assert caught.value.errors == [("total.currency", "String should match pattern '^[A-Z]{3}$'")]
+    assert await pool.fetchval(f'SELECT count(*) FROM "{pg_schema}".orders') == 0
+    assert await pool.fetchval(f'SELECT count(*) FROM "{pg_schema}".outbox') == 0
+
+
+async def test_a_rolled_back_transaction_stages_nothing(pool: asyncpg.Pool[Any], pg_schema: str) -> None:
+    class Abort(Exception):
+        pass
+
+    async def stage_then_fail() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.stage_message(conn, pg_schema, confirmed("o-1", 1), source="/t", topics=TopicMap())
+            raise Abort
+
+    with pytest.raises(Abort):
+        await stage_then_fail()
+    assert await pool.fetchval(f'SELECT count(*) FROM "{pg_schema}".outbox') == 0
+
+
+async def test_relay_publishes_in_order_marks_rows_and_reports_metrics(
+    kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
+) -> None:
+    topics = await create_topic_map(kafka, f"ob{unique}.")
+    staged = [confirmed(f"o-{i % 7}", i) for i in range(50)]
+    await _stage(pool, pg_schema, topics, staged)
+    registry = CollectorRegistry()
+    async with Publisher(kafka, source="/sagaline/relay") as publisher:
+        relay = OutboxRelay(pool, publisher, pg_schema, metrics=RelayMetrics(registry))
+        assert await relay.publish_pending() == 50
+        assert await relay.publish_pending() == 0
+    assert await _pending(pool, pg_schema) == 0
+    records = await read_all(kafka, topics.orders, at_least=50)
+    envelopes = decoded(records)
+    assert [e.data for e in envelopes if e.data.order_id == "o-3"] == [
+        m for m in staged if m.order_id == "o-3"
+    ]
+    assert sorted(e.data.total.amount_minor for e in envelopes) == list(range(50))  # type: ignore[attr-defined]
+    published = registry.get_sample_value(
+        "sagaline_outbox_published_total", {"schema": pg_schema, "topic": topics.orders}
+    )
+    assert published == 50
+    assert registry.get_sample_value("sagaline_outbox_backlog", {"schema": pg_schema}) == 0
+    assert (
+        registry.get_sample_value("sagaline_outbox_publish_latency_seconds_count", {"schema": pg_schema})
+        == 50
+    )
+
+
+async def test_notify_wakes_the_relay_long_before_its_poll_interval(
+    kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
+) -> None:
+    topics = await create_topic_map(kafka, f"nt{unique}.")
+    stop = asyncio.Event()
+    async with Publisher(kafka, source="/sagaline/relay") as publisher:
+        relay = OutboxRelay(pool, publisher, pg_schema, options=RelayOptions(poll_interval_s=3600))
+        running = asyncio.create_task(relay.run(stop))
+        await asyncio.sleep(0.5)  # the relay has polled once and now waits
+        await _stage(pool, pg_schema, topics, [confirmed("o-n", 1)])
+
+        async def drained() -> bool:
+            return await _pending(pool, pg_schema) == 0
+
+        await wait_until(drained, timeout_s=20)
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+    assert [e.data for e in decoded(await read_all(kafka, topics.orders, at_least=1))] == [
+        confirmed("o-n", 1)
+    ]
+
+
+async def test_prune_deletes_only_rows_published_before_the_retention(
+    kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
+) -> None:
+    topics = await create_topic_map(kafka, f"pr{unique}.")
+    await _stage(pool, pg_schema, topics, [confirmed("o-1", 1), confirmed("o-2", 2)])
+    async with Publisher(kafka, source="/sagaline/relay") as publisher:
+        relay = OutboxRelay(pool, publisher, pg_schema, options=RelayOptions(retention_s=3600))
+        await relay.publish_pending()
+        await pool.execute(
+            f"UPDATE \"{pg_schema}\".outbox SET published_at = now() - interval '2 hours' WHERE key = $1",
+            b"o-1",
+        )
+        await _stage(pool, pg_schema, topics, [confirmed("o-3", 3)])  # pending: never pruned
+        assert await relay.prune() == 1
+    keys = {bytes(r["key"]) for r in await pool.fetch(f'SELECT key FROM "{pg_schema}".outbox')}
+    assert keys == {b"o-2", b"o-3"}

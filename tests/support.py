@@ -1,0 +1,69 @@
+"""Helpers for tests against the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from producers.admin import ensure_topics
+from producers.connection import KafkaConnection
+from schemas.codec import decode
+from schemas.envelope import Envelope
+from schemas.messages import Message
+from schemas.topics import TopicMap
+
+
+async def create_topic_map(kafka: KafkaConnection, prefix: str, partitions: int = 3) -> TopicMap:
+    topics = TopicMap(prefix=prefix, partitions=partitions, replication=1)
+    await ensure_topics(kafka, topics.specs())
+    return topics
+
+
+async def read_all(
+    kafka: KafkaConnection, topic: str, *, at_least: int, timeout_s: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic` from the beginning (no consumer group), until `at_least` are
+    read and the end offsets are reached, or the timeout passes."""
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+            if len(records) >= at_least:
+                ends = await consumer.end_offsets(partitions)
+                positions = {tp: await consumer.position(tp) for tp in partitions}
+                if all(positions[tp] >= ends[tp] for tp in partitions):
+                    break
+        return records
+    finally:
+        await consumer.stop()
+
+
+def decoded(records: list[ConsumerRecord[bytes, bytes]]) -> list[Envelope[Message]]:
+    return [decode(r.value, r.headers) for r in records]
+
+
+async def wait_until(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.1) -> None:
+    """Poll an async predicate until it is true; fail loudly on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
