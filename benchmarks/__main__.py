@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import codec
+from benchmarks import codec, relay
 
-BENCHMARKS = {"codec": codec.run}
+BENCHMARKS = {"codec": codec.run, "relay": relay.run}
 
 
 def main() -> None:
