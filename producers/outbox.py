@@ -59,15 +59,16 @@ async def stage(conn: DbConnection, schema: str, envelope: Envelope[Any], topics
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.stage must run inside the caller's transaction")
     record = encode(envelope)
+    key = envelope.subject.encode()
     await conn.execute(
         f"INSERT INTO {qualified(schema, 'outbox')} (event_id, topic, key, value, headers, bucket)"
         " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
         envelope.id,
         topics.topic_for(type(envelope.data)),
-        record.key,
+        key,
         record.value,
         json.dumps([[name, value.decode()] for name, value in record.headers]),
-        bucket_of(record.key),
+        bucket_of(key),
     )
     # Delivered at commit, and only if the transaction commits: wakes the relay at once.
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, schema)

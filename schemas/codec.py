@@ -33,7 +33,7 @@ TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, as OpenTelem
 
 
 class Record(NamedTuple):
-    key: bytes
+    key: bytes | None
     value: bytes
     headers: Headers
 
