@@ -30,6 +30,7 @@ EXT_CAUSATION_ID = "causationid"
 EXT_IDEMPOTENCY_KEY = "idempotencykey"
 EXT_SCHEMA_VERSION = "schemaversion"
 TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, as OpenTelemetry propagates it
+_PLAIN_HEADERS = frozenset({"content-type", *TRACE_HEADERS})
 
 
 class Record(NamedTuple):
@@ -61,10 +62,14 @@ def encode(envelope: Envelope[Any]) -> Record:
 
 
 def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
-    """Headers as text, names lower-cased. A repeated or non-UTF-8 header is invalid."""
+    """The contract's headers (`ce_*`, content-type, trace context) as text, names
+    lower-cased; other headers (a retry lane's, a platform's) are not ours to read. A
+    repeated or non-UTF-8 contract header is invalid."""
     result: dict[str, str] = {}
     for raw_name, raw_value in headers:
         name = raw_name.lower()
+        if not (name.startswith("ce_") or name in _PLAIN_HEADERS):
+            continue
         if name in result:
             raise InvalidHeader(f"header {name!r} appears more than once")
         try:

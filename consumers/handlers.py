@@ -1,0 +1,64 @@
+"""Handlers and their registry: plain async functions, registered explicitly by message type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from producers import outbox
+from producers.db import DbConnection
+from schemas.envelope import Envelope
+from schemas.messages import Message
+from schemas.topics import TopicMap
+
+
+@dataclass
+class HandlerContext:
+    """What a handler may touch: the open transaction (state, inbox and outbox commit
+    together) and `emit` to stage events caused by the message being handled."""
+
+    conn: DbConnection
+    schema: str
+    group: str
+    source: str
+    topics: TopicMap
+    envelope: Envelope[Message]
+    emitted: list[Envelope[Message]] = field(default_factory=list)
+
+    async def emit(self, message: Message) -> Envelope[Message]:
+        staged = await outbox.stage_message(
+            self.conn, self.schema, message, source=self.source, topics=self.topics, caused_by=self.envelope
+        )
+        self.emitted.append(staged)
+        return staged
+
+
+Handler = Callable[[HandlerContext, Any], Awaitable[None]]
+
+
+class Handlers:
+    """Message type -> handler. A decoded message with no handler is acknowledged and
+    counted as ignored (a service reads only some of the events on a topic)."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[type[Message], Handler] = {}
+
+    def register(self, message_type: type[Message], handler: Handler) -> None:
+        if message_type in self._by_type:
+            raise ValueError(f"{message_type.__name__} already has a handler")
+        self._by_type[message_type] = handler
+
+    def on(self, message_type: type[Message]) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.register(message_type, handler)
+            return handler
+
+        return register
+
+    def get(self, message_type: type[Message]) -> Handler | None:
+        return self._by_type.get(message_type)
+
+    @property
+    def message_types(self) -> list[type[Message]]:
+        return list(self._by_type)

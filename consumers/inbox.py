@@ -1,0 +1,52 @@
+"""The inbox: which events a consumer group has applied, recorded in the same transaction
+as their effects. Primary key (consumer group, event id): a redelivered event finds its row
+and is skipped, so an effect is applied once however often Kafka delivers it."""
+
+from __future__ import annotations
+
+from producers.db import DbConnection, qualified
+
+
+def ddl(schema: str) -> str:
+    table = qualified(schema, "inbox")
+    return f"""
+    CREATE SCHEMA IF NOT EXISTS "{schema}";
+    CREATE TABLE IF NOT EXISTS {table} (
+        consumer_group text        NOT NULL,
+        event_id       text        NOT NULL,
+        message_type   text        NOT NULL,
+        source_topic   text        NOT NULL,
+        processed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (consumer_group, event_id)
+    );
+    CREATE INDEX IF NOT EXISTS inbox_processed_at ON {table} (processed_at);
+    """
+
+
+async def install(conn: DbConnection, schema: str) -> None:
+    await conn.execute(ddl(schema))
+
+
+async def claim(
+    conn: DbConnection, schema: str, group: str, event_id: str, message_type: str, topic: str
+) -> bool:
+    """Record the event as applied by `group`; False if it already was (a duplicate)."""
+    status = await conn.execute(
+        f"INSERT INTO {qualified(schema, 'inbox')} (consumer_group, event_id, message_type, source_topic)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        group,
+        event_id,
+        message_type,
+        topic,
+    )
+    return status == "INSERT 0 1"
+
+
+async def prune(conn: DbConnection, schema: str, retention_s: float) -> int:
+    """Forget rows older than the retention, which must exceed any redelivery window."""
+    status = await conn.execute(
+        f"DELETE FROM {qualified(schema, 'inbox')}"
+        " WHERE processed_at < clock_timestamp() - make_interval(secs => $1)",
+        retention_s,
+    )
+    return int(status.split()[-1])

@@ -1,0 +1,183 @@
+"""Applying a partition's batch of records to PostgreSQL effectively once.
+
+One transaction covers the batch (throughput); each message runs in its own savepoint, so a
+failing message rolls back only itself. A message's inbox row, its state changes and its
+outbox rows share that savepoint: a duplicate finds its inbox row and changes nothing.
+
+- A transient failure inside a savepoint is retried in process (tenacity, exponential
+  backoff with jitter, bounded); still failing, the message is routed to the retry lane.
+- A failure that breaks the transaction itself (connection lost) retries the whole batch;
+  when that budget runs out too, every message of the batch goes to the retry lane.
+- A permanent failure (undecodable, invalid, a handler bug) goes to the dead-letter lane.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from consumers import inbox
+from consumers.errors import classify
+from consumers.handlers import HandlerContext, Handlers
+from consumers.lanes import Failure, Origin, origin_of
+from producers.db import DbConnection
+from schemas.codec import decode
+from schemas.envelope import Envelope
+from schemas.errors import DecodeError
+from schemas.messages import Message
+from schemas.topics import TopicMap
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["applied", "duplicate", "ignored", "retry", "dead_letter"]
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """What the runtime needs of a Kafka record (aiokafka's ConsumerRecord fits)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class Outcome:
+    record: InboundRecord
+    kind: OutcomeKind
+    origin: Origin
+    envelope: Envelope[Message] | None = None
+    failure: Failure | None = None
+    emitted: list[Envelope[Message]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    message_attempts: int = 3
+    batch_attempts: int = 3
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+
+
+class UnitOfWork:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        schema: str,
+        group: str,
+        source: str,
+        handlers: Handlers,
+        topics: TopicMap,
+        budget: RetryBudget | None = None,
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.group = group
+        self.source = source
+        self.handlers = handlers
+        self.topics = topics
+        self.budget = budget or RetryBudget()
+
+    def _backoff(self) -> wait_exponential_jitter:
+        b = self.budget
+        return wait_exponential_jitter(
+            multiplier=b.initial_backoff_s, max=b.max_backoff_s, jitter=b.initial_backoff_s
+        )
+
+    async def process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
+        """Outcomes in record order; `applied`/`duplicate` ones are committed on return."""
+        outcomes: list[Outcome] = []
+        todo: list[Outcome] = []
+        for record in records:
+            origin = origin_of(
+                list(record.headers), record.topic, record.partition, record.offset, record.timestamp
+            )
+            try:
+                envelope = decode(record.value, record.headers)
+            except DecodeError as exc:
+                outcomes.append(Outcome(record, "dead_letter", origin, failure=_failure(exc)))
+                continue
+            outcome = Outcome(record, "applied", origin, envelope)
+            outcomes.append(outcome)
+            if self.handlers.get(type(envelope.data)) is None:
+                outcome.kind = "ignored"
+            else:
+                todo.append(outcome)
+        if todo:
+            await self._apply_batch(todo)
+        return outcomes
+
+    async def _apply_batch(self, todo: list[Outcome]) -> None:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: classify(e) == "transient"),
+                stop=stop_after_attempt(self.budget.batch_attempts),
+                wait=self._backoff(),
+                reraise=True,
+            ):
+                with attempt:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        for outcome in todo:
+                            await self._apply_one(conn, outcome)
+        except Exception as exc:
+            if classify(exc) != "transient":
+                raise
+            log.warning(
+                "%s: batch of %d failed transiently (%r); routing to the retry lane",
+                self.group,
+                len(todo),
+                exc,
+            )
+            failure = _failure(exc)
+            for outcome in todo:
+                outcome.kind, outcome.failure, outcome.emitted = "retry", failure, []
+
+    async def _apply_one(self, conn: DbConnection, outcome: Outcome) -> None:
+        envelope = outcome.envelope
+        assert envelope is not None
+        handler = self.handlers.get(type(envelope.data))
+        assert handler is not None
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: classify(e) == "transient" and not conn.is_closed()),
+                stop=stop_after_attempt(self.budget.message_attempts),
+                wait=self._backoff(),
+                reraise=True,
+            ):
+                with attempt:
+                    ctx = HandlerContext(conn, self.schema, self.group, self.source, self.topics, envelope)
+                    async with conn.transaction():  # a savepoint inside the batch transaction
+                        claimed = await inbox.claim(
+                            conn,
+                            self.schema,
+                            self.group,
+                            envelope.id,
+                            envelope.type,
+                            outcome.origin.topic,
+                        )
+                        if not claimed:
+                            outcome.kind, outcome.emitted = "duplicate", []
+                            return
+                        await handler(ctx, envelope.data)
+                    outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
+        except Exception as exc:
+            if conn.is_closed():
+                raise  # the batch transaction is gone: retry the batch
+            failure = _failure(exc)
+            outcome.kind = "retry" if failure.failure_class == "transient" else "dead_letter"
+            outcome.failure, outcome.emitted = failure, []
+
+
+def _failure(exc: BaseException) -> Failure:
+    return Failure(exc=exc, failure_class=classify(exc), at=datetime.now(UTC))

@@ -1,0 +1,274 @@
+"""The worker: one consumer group's loop over its topics and its retry lanes.
+
+Fetch a batch, apply each partition's records concurrently (in order within a partition),
+route failures to the retry or dead-letter lane, then commit the offsets — only after the
+database transaction committed and the lane records were acknowledged. Retry lanes hold a
+partition (pause + seek) until its head record is due, without blocking other partitions
+and without polling in a hot loop. On revoke, the batch in hand finishes and is committed
+before the partitions go. On stop, the same: finish, commit, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from consumers.lanes import Lanes, due_ms, failed_record
+from consumers.metrics import ConsumerMetrics
+from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
+from producers.admin import ensure_topics
+from producers.connection import KafkaConnection
+from producers.publisher import Publisher
+from schemas.codec import Record
+from schemas.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    topics: tuple[str, ...]
+    max_records: int = 500
+    fetch_timeout_ms: int = 500
+    failure_backoff_s: float = 1.0
+
+
+class Worker:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        uow: UnitOfWork,
+        publisher: Publisher,
+        lanes: Lanes,
+        options: WorkerOptions,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.uow = uow
+        self.publisher = publisher
+        self.lanes = lanes
+        self.options = options
+        self.metrics = metrics
+        self.group = lanes.group
+        self._consumer: AIOKafkaConsumer | None = None
+        self._batch_lock = asyncio.Lock()
+        self._resume_at: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.running = False
+
+    @property
+    def ready(self) -> bool:
+        return self.running and self._consumer is not None and bool(self._consumer.assignment())
+
+    async def ensure_lanes(self) -> None:
+        """Create the group's retry and dead-letter topics, as wide as its widest source."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**self.kafka.client_kwargs())
+        await admin.start()
+        try:
+            described = await admin.describe_topics(list(self.options.topics))
+            widest = max((len(d["partitions"]) for d in described), default=1)
+        finally:
+            await admin.close()
+        specs = [TopicSpec(name, partitions=widest) for name in [*self.lanes.retry_topics, self.lanes.dlt]]
+        await ensure_topics(self.kafka, specs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            **self.kafka.client_kwargs(),
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.options.max_records,
+        )
+        consumer.subscribe([*self.options.topics, *self.lanes.retry_topics], listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+        self.running = True
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=self.options.fetch_timeout_ms, max_records=self.options.max_records
+                )
+                if batch:
+                    await self._handle_batch(consumer, batch)
+                await self._observe_lag(consumer)
+        finally:
+            self.running = False
+            for handle in self._resume_at.values():
+                handle.cancel()
+            await consumer.stop()
+            self._consumer = None
+
+    async def _handle_batch(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        async with self._batch_lock:
+            parts = list(batch.items())
+            results = await asyncio.gather(
+                *(self._process_partition(consumer, tp, records) for tp, records in parts),
+                return_exceptions=True,
+            )
+            offsets: dict[TopicPartition, int] = {}
+            failed = False
+            for (tp, records), result in zip(parts, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed = True
+                    log.error(
+                        "%s: %s[%d] batch failed, will be fetched again: %r",
+                        self.group,
+                        tp.topic,
+                        tp.partition,
+                        result,
+                    )
+                    consumer.seek(tp, records[0].offset)
+                elif result is not None:
+                    offsets[tp] = result
+            if offsets:
+                await consumer.commit(offsets)
+        if failed:
+            await asyncio.sleep(self.options.failure_backoff_s)  # an outage: do not spin
+
+    async def _process_partition(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
+    ) -> int | None:
+        """Apply the partition's records; returns the next offset to commit (None: nothing)."""
+        records = self._due_prefix(consumer, tp, records)
+        if not records:
+            return None
+        started = time.perf_counter()
+        inbound = [
+            InboundRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, list(r.headers or ()))
+            for r in records
+        ]
+        if self.metrics:
+            self.metrics.in_flight.labels(self.group).inc(len(inbound))
+        try:
+            outcomes = await self.uow.process(inbound)
+            await self._route_failures(outcomes)
+        finally:
+            if self.metrics:
+                self.metrics.in_flight.labels(self.group).dec(len(inbound))
+        if self.metrics:
+            self.metrics.batch_duration.labels(self.group).observe(time.perf_counter() - started)
+            for outcome in outcomes:
+                self.metrics.processed.labels(self.group, tp.topic, outcome.kind).inc()
+                if outcome.kind == "duplicate":
+                    self.metrics.duplicates.labels(self.group).inc()
+        return int(records[-1].offset) + 1
+
+    def _due_prefix(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """On a retry lane: the records already due. The partition is paused at the first one
+        not yet due and resumed when it is."""
+        if self.lanes.retry_index(tp.topic) is None:
+            return records
+        now_ms = time.time() * 1000
+        for i, record in enumerate(records):
+            due = due_ms(list(record.headers or ()))
+            if due is not None and due > now_ms:
+                consumer.seek(tp, record.offset)
+                consumer.pause(tp)
+                self._schedule_resume(consumer, tp, (due - now_ms) / 1000)
+                return records[:i]
+        return records
+
+    def _schedule_resume(self, consumer: AIOKafkaConsumer, tp: TopicPartition, delay_s: float) -> None:
+        if tp in self._resume_at:
+            self._resume_at[tp].cancel()
+
+        def resume() -> None:
+            self._resume_at.pop(tp, None)
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+        self._resume_at[tp] = asyncio.get_running_loop().call_later(max(delay_s, 0.0), resume)
+
+    async def _route_failures(self, outcomes: list[Outcome]) -> None:
+        """Send retry and dead-letter records; wait for every acknowledgement."""
+        sends: list[tuple[str, Record, str]] = []
+        for outcome in outcomes:
+            if outcome.kind not in ("retry", "dead_letter") or outcome.failure is None:
+                continue
+            record = outcome.record
+            current = self.lanes.retry_index(record.topic) or 0
+            next_lane = current + 1
+            saga_id = outcome.envelope.saga_id if outcome.envelope else None
+            event_id = (
+                outcome.envelope.id
+                if outcome.envelope
+                else f"{record.topic}:{record.partition}:{record.offset}"
+            )
+            if outcome.kind == "retry" and next_lane <= len(self.lanes.delays_s):
+                delay_s = self.lanes.delays_s[next_lane - 1]
+                due = int(outcome.failure.at.timestamp() * 1000 + delay_s * 1000)
+                lane_record = failed_record(
+                    record.key,
+                    record.value,
+                    list(record.headers),
+                    origin=outcome.origin,
+                    group=self.group,
+                    failure=outcome.failure,
+                    saga_id=saga_id,
+                    lane="retry",
+                    due_ms=due,
+                )
+                sends.append((self.lanes.retry_topic(next_lane), lane_record, event_id))
+                if self.metrics:
+                    self.metrics.retried.labels(self.group, str(next_lane)).inc()
+            else:
+                lane_record = failed_record(
+                    record.key,
+                    record.value,
+                    list(record.headers),
+                    origin=outcome.origin,
+                    group=self.group,
+                    failure=outcome.failure,
+                    saga_id=saga_id,
+                    lane="dlt",
+                )
+                sends.append((self.lanes.dlt, lane_record, event_id))
+                if self.metrics:
+                    self.metrics.dead_lettered.labels(self.group, outcome.failure.failure_class).inc()
+                log.warning(
+                    "%s: dead-lettered %s[%d]@%d: %s",
+                    self.group,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    outcome.failure.exc,
+                )
+        futures = [(await self.publisher.enqueue(topic, rec), topic, eid) for topic, rec, eid in sends]
+        for future, topic, eid in futures:
+            await Publisher.acknowledged(future, topic, eid)
+
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        if not self.metrics:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                position = await consumer.position(tp)
+                self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(
+                    max(highwater - position, 0)
+                )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # The batch in hand finishes and commits before its partitions go.
+        async with self.worker._batch_lock:
+            for tp in revoked:
+                handle = self.worker._resume_at.pop(tp, None)
+                if handle:
+                    handle.cancel()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "%s: assigned %s", self.worker.group, sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        )

@@ -1,0 +1,133 @@
+"""Serving one consumer group as a process: the bootstrap of a worker.
+
+Wires settings -> pool -> publisher -> unit of work -> worker (and, optionally, the
+service's outbox relay), serves /metrics, /healthz and /readyz, and shuts down on SIGTERM:
+stop fetching, finish the batch in hand, commit, flush, close — within the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from consumers import inbox
+from consumers.handlers import Handlers
+from consumers.lanes import DEFAULT_DELAYS_S, Lanes
+from consumers.metrics import ConsumerMetrics
+from consumers.unit_of_work import RetryBudget, UnitOfWork
+from consumers.worker import Worker, WorkerOptions
+from producers import outbox
+from producers.db import DbConnection
+from producers.metrics import RelayMetrics
+from producers.publisher import Publisher
+from producers.relay import OutboxRelay
+from sagaline.bootstrap import create_pool, endpoints
+from sagaline.ops import OpsServer
+from sagaline.settings import Settings
+from schemas.topics import TopicMap
+
+log = logging.getLogger(__name__)
+
+Migrate = Callable[[DbConnection], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything that distinguishes one service's worker from another's."""
+
+    name: str
+    group: str
+    schema: str
+    source: str
+    topics: TopicMap
+    subscribe: tuple[str, ...]
+    build_handlers: Callable[[asyncpg.Pool[Any]], Handlers]
+    migrate: Migrate | None = None
+    delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    run_relay: bool = True
+
+
+async def serve(
+    settings: Settings, spec: WorkerSpec, stop: asyncio.Event, metrics_port: int | None = None
+) -> None:
+    ends = await endpoints(settings, start_local=False)
+    pool = await create_pool(settings, ends.postgres_dsn)
+    registry = CollectorRegistry()
+    try:
+        async with pool.acquire() as conn:
+            await outbox.install(conn, spec.schema)
+            await inbox.install(conn, spec.schema)
+            if spec.migrate:
+                await spec.migrate(conn)
+        uow = UnitOfWork(
+            pool,
+            schema=spec.schema,
+            group=spec.group,
+            source=spec.source,
+            handlers=spec.build_handlers(pool),
+            topics=spec.topics,
+            budget=spec.budget,
+        )
+        async with Publisher(ends.kafka, source=spec.source) as publisher:
+            worker = Worker(
+                ends.kafka,
+                uow,
+                publisher,
+                Lanes(spec.group, spec.delays_s),
+                WorkerOptions(topics=spec.subscribe),
+                ConsumerMetrics(registry),
+            )
+            await worker.ensure_lanes()
+            ops = OpsServer(
+                registry,
+                settings.metrics_host,
+                settings.metrics_port if metrics_port is None else metrics_port,
+                ready=lambda: worker.ready and not stop.is_set(),
+            )
+            port = await ops.start()
+            log.info(
+                "%s: group %s on %s; ops on %s:%d",
+                spec.name,
+                spec.group,
+                ", ".join(spec.subscribe),
+                settings.metrics_host,
+                port,
+            )
+            tasks = [asyncio.create_task(worker.run(stop), name=f"{spec.name}-worker")]
+            if spec.run_relay:
+                relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
+                tasks.append(asyncio.create_task(relay.run(stop), name=f"{spec.name}-relay"))
+            try:
+                await _until_stopped(tasks, stop, settings.shutdown_deadline_s)
+            finally:
+                await ops.stop()
+    finally:
+        await pool.close()
+    log.info("%s: stopped cleanly", spec.name)
+
+
+async def _until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, deadline_s: float) -> None:
+    """Run until stop (or a task fails); then give the tasks `deadline_s` to finish."""
+    stop_waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    finished, unfinished = await asyncio.wait(tasks, timeout=deadline_s)
+    for task in unfinished:
+        log.error(
+            "%s did not stop within %.0fs: abandoning its batch (it will be redelivered)",
+            task.get_name(),
+            deadline_s,
+        )
+        task.cancel()
+    stop_waiter.cancel()
+    for task in finished:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
