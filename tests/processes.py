@@ -10,12 +10,13 @@ from pathlib import Path
 
 
 class CliProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, *, module: bool = False) -> None:
+        """`args` go to `python -m sagaline`, or straight to python when `module` is set."""
         self.args = args
         self.log = log
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sagaline", *args],
+            [sys.executable, *(args if module else ["-m", "sagaline", *args])],
             env={**os.environ, **env},
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
