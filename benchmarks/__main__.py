@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import codec, relay
+from benchmarks import codec, consumer, relay
 
-BENCHMARKS = {"codec": codec.run, "relay": relay.run}
+BENCHMARKS = {"codec": codec.run, "relay": relay.run, "consumer": consumer.run}
 
 
 def main() -> None:

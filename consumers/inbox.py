@@ -42,6 +42,24 @@ async def claim(
     return status == "INSERT 0 1"
 
 
+async def claim_many(
+    conn: DbConnection, schema: str, group: str, events: list[tuple[str, str, str]]
+) -> set[str]:
+    """Claim (event id, message type, topic) rows in one statement; returns the ids claimed
+    now — the others were applied before."""
+    rows = await conn.fetch(
+        f"INSERT INTO {qualified(schema, 'inbox')} (consumer_group, event_id, message_type, source_topic)"
+        " SELECT $1, e.id, e.type, e.topic"
+        " FROM unnest($2::text[], $3::text[], $4::text[]) AS e(id, type, topic)"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        group,
+        [e[0] for e in events],
+        [e[1] for e in events],
+        [e[2] for e in events],
+    )
+    return {row["event_id"] for row in rows}
+
+
 async def prune(conn: DbConnection, schema: str, retention_s: float) -> int:
     """Forget rows older than the retention, which must exceed any redelivery window."""
     status = await conn.execute(

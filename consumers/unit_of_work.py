@@ -1,8 +1,10 @@
 """Applying a partition's batch of records to PostgreSQL effectively once.
 
-One transaction covers the batch (throughput); each message runs in its own savepoint, so a
-failing message rolls back only itself. A message's inbox row, its state changes and its
-outbox rows share that savepoint: a duplicate finds its inbox row and changes nothing.
+One transaction covers the batch (throughput). The fast path claims every inbox row in one
+statement and runs the handlers; if any message fails, that transaction is rolled back and
+the batch is redone carefully: each message in its own savepoint, so a failing message rolls
+back only itself. Either way a message's inbox row, its state changes and its outbox rows
+commit together, and a duplicate finds its inbox row and changes nothing.
 
 - A transient failure inside a savepoint is retried in process (tenacity, exponential
   backoff with jitter, bounded); still failing, the message is routed to the retry lane.
@@ -127,9 +129,12 @@ class UnitOfWork:
                 reraise=True,
             ):
                 with attempt:
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        for outcome in todo:
-                            await self._apply_one(conn, outcome)
+                    async with self.pool.acquire() as conn:
+                        if await self._apply_fast(conn, todo):
+                            return
+                        async with conn.transaction():
+                            for outcome in todo:
+                                await self._apply_one(conn, outcome)
         except Exception as exc:
             if classify(exc) != "transient":
                 raise
@@ -142,6 +147,35 @@ class UnitOfWork:
             failure = _failure(exc)
             for outcome in todo:
                 outcome.kind, outcome.failure, outcome.emitted = "retry", failure, []
+
+    async def _apply_fast(self, conn: DbConnection, todo: list[Outcome]) -> bool:
+        """The whole batch in one go; False (everything rolled back) if any message failed."""
+        try:
+            async with conn.transaction():
+                claimed = await inbox.claim_many(
+                    conn,
+                    self.schema,
+                    self.group,
+                    [(o.envelope.id, o.envelope.type, o.origin.topic) for o in todo if o.envelope],
+                )
+                for outcome in todo:
+                    envelope = outcome.envelope
+                    assert envelope is not None
+                    if envelope.id not in claimed:
+                        outcome.kind, outcome.emitted = "duplicate", []
+                        continue
+                    claimed.discard(envelope.id)  # a second copy in the same batch is a duplicate
+                    handler = self.handlers.get(type(envelope.data))
+                    assert handler is not None
+                    ctx = HandlerContext(conn, self.schema, self.group, self.source, self.topics, envelope)
+                    await handler(ctx, envelope.data)
+                    outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
+            return True
+        except Exception as exc:
+            if conn.is_closed():
+                raise  # the connection is gone: retry the batch
+            log.debug("%s: batch fast path failed (%r); applying message by message", self.group, exc)
+            return False
 
     async def _apply_one(self, conn: DbConnection, outcome: Outcome) -> None:
         envelope = outcome.envelope

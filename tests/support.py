@@ -31,16 +31,20 @@ async def read_all(
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not partitions:
+        deadline = time.monotonic() + timeout_s
+        partitions: list[TopicPartition] = []
+        while not partitions:  # the topic may not exist yet (a worker creates its lanes)
             await consumer._client.force_metadata_update()
             partitions = [
                 TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
             ]
+            if not partitions:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {topic} does not exist after {timeout_s}s")
+                await asyncio.sleep(0.2)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         records: list[ConsumerRecord[bytes, bytes]] = []
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for part in batch.values():

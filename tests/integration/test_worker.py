@@ -64,6 +64,7 @@ async def test_poison_messages_are_dead_lettered_with_diagnostics_and_the_partit
     await wait_until(good_applied)
     dead = await read_all(kafka, service.lanes.dlt, at_least=3)
     await service.stop()
+    dead.sort(key=lambda r: struct.unpack(">q", dict(r.headers)[h.H_ORIGINAL_OFFSET])[0])
 
     assert [r.key for r in dead] == [b"o-json", b"o-bad", b"o-unknown"]
     reasons = []
@@ -133,7 +134,8 @@ async def test_a_permanent_outage_walks_every_retry_lane_respecting_each_delay_t
     gaps_s = [(later - earlier) / 1000 for earlier, later in itertools.pairwise(times)]
     for gap, delay in zip(gaps_s, service.delays, strict=True):
         assert gap >= delay - 0.05, f"lane consumed {gap:.2f}s after arrival, before its {delay}s delay"
-    assert await service.scalar("SELECT n FROM {s}.attempts WHERE order_id = 'o-down'") == 12  # 4 lanes x 3
+    # per lane: one optimistic batch attempt, then three in its own savepoint; four lanes
+    assert await service.scalar("SELECT n FROM {s}.attempts WHERE order_id = 'o-down'") == 16
     headers = dict(dead.headers)
     assert headers[h.H_ATTEMPTS] == b"4"
     assert headers[h.H_FAILURE_CLASS] == b"transient"
@@ -141,3 +143,28 @@ async def test_a_permanent_outage_walks_every_retry_lane_respecting_each_delay_t
     assert headers[h.H_FIRST_FAILURE] < headers[h.H_LAST_FAILURE]
     assert sum(1 for k, _ in dead.headers if k == h.H_EXCEPTION_STACKTRACE) == 1  # headers do not grow
     assert await service.ledger_rows() == 0
+
+
+async def test_a_failing_message_in_a_batch_costs_its_neighbours_nothing(
+    service: LedgerService, kafka: KafkaConnection
+) -> None:
+    """Five messages in one partition, so one batch; the third is a handler bug. The fast
+    path rolls back, the careful path applies the other four exactly once."""
+    customers = ["c-1", "c-2", "bug", "c-4", "c-5"]
+    for i, customer in enumerate(customers):
+        record = encode(Envelope.new(placed(f"o-{i}", customer=customer), "/tests/order"))
+        assert record.key is not None
+        await service.produce_raw(record.key, record.value, record.headers)
+    await service.start()
+    [dead] = await read_all(kafka, service.lanes.dlt, at_least=1)
+
+    async def four_applied() -> bool:
+        return await service.ledger_rows() == 4
+
+    await wait_until(four_applied)
+    await service.stop()
+    assert dead.key == b"o-2"
+    orders = await service.scalar("SELECT array_agg(order_id ORDER BY order_id) FROM {s}.ledger")
+    assert orders == ["o-0", "o-1", "o-3", "o-4"]
+    assert await service.scalar("SELECT count(*) FROM {s}.outbox") == 4
+    assert await service.scalar("SELECT count(*) FROM {s}.inbox") == 4
