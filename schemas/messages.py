@@ -92,6 +92,21 @@ class OrderConfirmed(Event):
     total: Money
 
 
+class OrderRejected(Event):
+    """A request was refused (idempotency key reused with another body, order id taken);
+    no order was created for it."""
+
+    idempotency_key: IdempotencyKey
+    reason: Reason
+
+
+class OrderCancelling(Event):
+    """The order will be cancelled: participants compensate (refund, release stock)."""
+
+    reason: CancelReason
+    detail: str = Field(default="", max_length=500)
+
+
 class OrderCancelled(Event):
     """The saga ended without the order; every compensation is done."""
 
@@ -108,6 +123,7 @@ class PaymentCompleted(Event):
     payment_id: Identifier
     customer_id: Identifier
     amount: Money
+    lines: list[StockLine] = Field(min_length=1, max_length=100)
 
 
 class PaymentFailed(Event):
@@ -153,6 +169,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     CancelOrder,
     OrderPlaced,
     OrderConfirmed,
+    OrderRejected,
+    OrderCancelling,
     OrderCancelled,
     PaymentCompleted,
     PaymentFailed,

@@ -21,6 +21,8 @@ ROUTES: dict[type[m.Message], str] = {
     m.CancelOrder: INGRESS,
     m.OrderPlaced: ORDERS,
     m.OrderConfirmed: ORDERS,
+    m.OrderRejected: ORDERS,
+    m.OrderCancelling: ORDERS,
     m.OrderCancelled: ORDERS,
     m.PaymentCompleted: PAYMENTS,
     m.PaymentFailed: PAYMENTS,

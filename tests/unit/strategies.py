@@ -48,7 +48,14 @@ MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         detail=st.text(max_size=500),
     ),
     m.PaymentCompleted: st.builds(
-        m.PaymentCompleted, order_id=ids, payment_id=ids, customer_id=ids, amount=money
+        m.PaymentCompleted, order_id=ids, payment_id=ids, customer_id=ids, amount=money, lines=stock_lines
+    ),
+    m.OrderRejected: st.builds(m.OrderRejected, order_id=ids, idempotency_key=keys, reason=reasons),
+    m.OrderCancelling: st.builds(
+        m.OrderCancelling,
+        order_id=ids,
+        reason=st.sampled_from(["payment_declined", "out_of_stock", "customer_request", "deadline_expired"]),
+        detail=st.text(max_size=500),
     ),
     m.PaymentFailed: st.builds(m.PaymentFailed, order_id=ids, customer_id=ids, amount=money, reason=reasons),
     m.PaymentRefunded: st.builds(

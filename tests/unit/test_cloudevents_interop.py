@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from schemas.codec import decode, encode
 from schemas.envelope import Envelope
 from schemas.messages import Message, PaymentCompleted
-from schemas.values import Money
+from schemas.values import Money, StockLine
 from tests.unit.strategies import envelopes
 
 
@@ -34,7 +34,11 @@ def test_the_sdk_reads_what_we_write(envelope: Envelope[Message]) -> None:
 
 def test_we_read_what_the_sdk_writes() -> None:
     payment = PaymentCompleted(
-        order_id="o-42", payment_id="p-1", customer_id="c-7", amount=Money(amount_minor=1999, currency="EUR")
+        order_id="o-42",
+        payment_id="p-1",
+        customer_id="c-7",
+        amount=Money(amount_minor=1999, currency="EUR"),
+        lines=[StockLine(sku="mug", quantity=1)],
     )
     event = CloudEvent.create(
         {

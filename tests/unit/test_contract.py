@@ -54,7 +54,7 @@ def test_the_official_asyncapi_parser_accepts_the_document_and_rejects_a_broken_
         check=False,
     )
     assert good.returncode == 0, good.stdout + good.stderr
-    assert "VALID: asyncapi 3.0.0, 4 channels, 11 messages" in good.stdout
+    assert "VALID: asyncapi 3.0.0, 4 channels, 13 messages" in good.stdout
 
     broken = asyncapi()
     broken["channels"]["ordersEvents"]["messages"]["OrderPlaced"] = {"$ref": "#/components/messages/Nope"}
@@ -155,5 +155,5 @@ def test_schemas_check_cli_fails_with_the_reason_and_passes_when_compatible(tmp_
 def test_schemas_export_cli_writes_the_contract(tmp_path: Path) -> None:
     result = _cli("schemas", "export", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)["written"]) == 12
+    assert len(json.loads(result.stdout)["written"]) == 14
     assert (tmp_path / "out" / "asyncapi.json").exists()
