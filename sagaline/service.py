@@ -9,49 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import asyncpg
 from prometheus_client import CollectorRegistry
 
 from consumers import inbox
-from consumers.handlers import Handlers
-from consumers.lanes import DEFAULT_DELAYS_S, Lanes
+from consumers.lanes import Lanes
 from consumers.metrics import ConsumerMetrics
-from consumers.unit_of_work import RetryBudget, UnitOfWork
+from consumers.spec import WorkerSpec
+from consumers.unit_of_work import UnitOfWork
 from consumers.worker import Worker, WorkerOptions
 from producers import outbox
-from producers.db import DbConnection
 from producers.metrics import RelayMetrics
 from producers.publisher import Publisher
 from producers.relay import OutboxRelay
 from sagaline.bootstrap import create_pool, endpoints
 from sagaline.ops import OpsServer
 from sagaline.settings import Settings
-from schemas.topics import TopicMap
 
 log = logging.getLogger(__name__)
-
-Migrate = Callable[[DbConnection], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything that distinguishes one service's worker from another's."""
-
-    name: str
-    group: str
-    schema: str
-    source: str
-    topics: TopicMap
-    subscribe: tuple[str, ...]
-    build_handlers: Callable[[asyncpg.Pool[Any]], Handlers]
-    migrate: Migrate | None = None
-    delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
-    budget: RetryBudget = field(default_factory=RetryBudget)
-    run_relay: bool = True
 
 
 async def serve(
@@ -104,6 +79,10 @@ async def serve(
             if spec.run_relay:
                 relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
                 tasks.append(asyncio.create_task(relay.run(stop), name=f"{spec.name}-relay"))
+            for number, background in enumerate(spec.background):
+                tasks.append(
+                    asyncio.create_task(background(pool, stop), name=f"{spec.name}-background-{number}")
+                )
             try:
                 await _until_stopped(tasks, stop, settings.shutdown_deadline_s)
             finally:

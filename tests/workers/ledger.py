@@ -20,10 +20,11 @@ import asyncpg
 
 from consumers.errors import TransientError
 from consumers.handlers import HandlerContext, Handlers
+from consumers.spec import WorkerSpec
 from consumers.unit_of_work import RetryBudget
 from producers.db import DbConnection, qualified
 from sagaline.runtime import configure_logging, stop_event_on_signals
-from sagaline.service import WorkerSpec, serve
+from sagaline.service import serve
 from sagaline.settings import Settings
 from schemas.messages import OrderConfirmed, OrderPlaced
 from schemas.topics import TopicMap

@@ -1,0 +1,37 @@
+"""What distinguishes one service's worker from another's: the data the bootstrap needs to
+serve it (group, schema, topics, handlers, migrations, retry lanes, background tasks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from consumers.handlers import Handlers
+from consumers.lanes import DEFAULT_DELAYS_S
+from consumers.unit_of_work import RetryBudget
+from producers.db import DbConnection
+from schemas.topics import TopicMap
+
+Migrate = Callable[[DbConnection], Awaitable[None]]
+BackgroundTask = Callable[[asyncpg.Pool[Any], asyncio.Event], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    name: str
+    group: str
+    schema: str
+    source: str
+    topics: TopicMap
+    subscribe: tuple[str, ...]
+    build_handlers: Callable[[asyncpg.Pool[Any]], Handlers]
+    migrate: Migrate | None = None
+    delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    run_relay: bool = True
+    background: tuple[BackgroundTask, ...] = ()
+    """Extra loops run beside the worker until stop (e.g. the order service's deadlines)."""

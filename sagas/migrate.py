@@ -1,0 +1,56 @@
+"""A small migrator: plain SQL files applied in order, once, per service schema.
+
+`sagas/migrations/<service>/NNN_name.sql`, with `{schema}` standing for the service's
+schema. Applied versions are recorded in `<schema>.schema_migrations`; an advisory lock
+serialises concurrent migrators (several replicas starting at once).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+
+from producers.db import DbConnection, qualified
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load(service: str) -> list[Migration]:
+    folder = resources.files("sagas.migrations").joinpath(service)
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(conn: DbConnection, schema: str, migrations: list[Migration]) -> list[int]:
+    """Apply what is missing; returns the versions applied now."""
+    table = qualified(schema, "schema_migrations")
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"migrate:{schema}".encode()) - 2**31
+        )
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch(f"SELECT version FROM {table}")}
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql.replace("{schema}", f'"{schema}"'))
+            await conn.execute(
+                f"INSERT INTO {table} (version, name) VALUES ($1, $2)", migration.version, migration.name
+            )
+            applied_now.append(migration.version)
+    return applied_now
