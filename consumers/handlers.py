@@ -26,6 +26,11 @@ class HandlerContext:
     envelope: Envelope[Message]
     emitted: list[Envelope[Message]] = field(default_factory=list)
 
+    async def lock(self, key: str) -> None:
+        """Serialise work on `key` (e.g. an order id) until this transaction ends: two messages
+        about the same thing from different topics or lanes never interleave."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.schema}:{key}")
+
     async def emit(self, message: Message) -> Envelope[Message]:
         staged = await outbox.stage_message(
             self.conn, self.schema, message, source=self.source, topics=self.topics, caused_by=self.envelope

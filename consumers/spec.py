@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -16,8 +16,8 @@ from consumers.unit_of_work import RetryBudget
 from producers.db import DbConnection
 from schemas.topics import TopicMap
 
-Migrate = Callable[[DbConnection], Awaitable[None]]
-BackgroundTask = Callable[[asyncpg.Pool[Any], asyncio.Event], Coroutine[Any, Any, None]]
+Migrate: TypeAlias = Callable[[DbConnection], Awaitable[None]]
+BackgroundTask: TypeAlias = "Callable[[asyncpg.Pool[Any], asyncio.Event], Coroutine[Any, Any, None]]"
 
 
 @dataclass(frozen=True)
@@ -33,5 +33,7 @@ class WorkerSpec:
     delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
     budget: RetryBudget = field(default_factory=RetryBudget)
     run_relay: bool = True
+    transaction_per_message: bool = False
+    """True for services whose messages contend for hot rows (see UnitOfWork)."""
     background: tuple[BackgroundTask, ...] = ()
     """Extra loops run beside the worker until stop (e.g. the order service's deadlines)."""

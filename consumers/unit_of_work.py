@@ -82,8 +82,13 @@ class UnitOfWork:
         handlers: Handlers,
         topics: TopicMap,
         budget: RetryBudget | None = None,
+        transaction_per_message: bool = False,
     ) -> None:
+        """`transaction_per_message` trades throughput for short lock holds: services whose
+        messages contend for hot rows (accounts, stock) commit each message on its own, so
+        no transaction holds the locks of several messages and waits on another's."""
         self.pool = pool
+        self.transaction_per_message = transaction_per_message
         self.schema = schema
         self.group = group
         self.source = source
@@ -116,7 +121,10 @@ class UnitOfWork:
                 outcome.kind = "ignored"
             else:
                 todo.append(outcome)
-        if todo:
+        if self.transaction_per_message:
+            for outcome in todo:
+                await self._apply_batch([outcome])
+        elif todo:
             await self._apply_batch(todo)
         return outcomes
 

@@ -14,6 +14,8 @@ import asyncpg
 from producers.connection import KafkaConnection
 from sagaline.localstack.stack import LocalStack
 from sagaline.settings import Settings
+from sagas.config import SagaConfig
+from schemas.topics import TopicMap
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,17 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[Any]:
     )
     assert pool is not None
     return pool
+
+
+def saga_config(settings: Settings) -> SagaConfig:
+    return SagaConfig(
+        topics=TopicMap(
+            prefix=settings.topic_prefix,
+            partitions=settings.topic_partitions,
+            replication=settings.topic_replication,
+        ),
+        prefix=settings.saga_prefix,
+        payment_timeout_s=settings.payment_timeout_s,
+        stock_timeout_s=settings.stock_timeout_s,
+        retry_delays_s=settings.retry_delays_s,
+    )

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from sagaline.commands import dev, publish, relay, schemas, smoke, topics
+from sagaline.commands import demo, dev, publish, relay, saga, schemas, smoke, topics, worker
 from sagaline.console import err
 
 app = typer.Typer(
@@ -23,6 +23,10 @@ app.add_typer(topics.app, name="topics")
 app.command("smoke")(smoke.smoke)
 app.command("publish")(publish.publish)
 app.command("relay")(relay.relay)
+app.command("worker")(worker.worker)
+app.command("up")(worker.up)
+app.command("demo")(demo.demo)
+app.add_typer(saga.app, name="saga")
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ async def serve(
             handlers=spec.build_handlers(pool),
             topics=spec.topics,
             budget=spec.budget,
+            transaction_per_message=spec.transaction_per_message,
         )
         async with Publisher(ends.kafka, source=spec.source) as publisher:
             worker = Worker(

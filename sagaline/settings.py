@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from producers.connection import KafkaConnection
 
@@ -53,6 +53,28 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     shutdown_deadline_s: float = Field(default=20.0, gt=0)
     log_level: str = "INFO"
+
+    # --- The saga ----------------------------------------------------------------------
+    saga_prefix: str = Field(
+        default="",
+        pattern=r"^[a-z0-9_]*$",
+        description="Prefix of the services' PostgreSQL schemas and consumer groups.",
+    )
+    topic_prefix: str = Field(default="", description="Prefix of every topic name.")
+    topic_partitions: int = Field(default=6, ge=1, le=1000)
+    topic_replication: int = Field(default=3, ge=1, le=5)
+    payment_timeout_s: float = Field(default=30.0, gt=0)
+    stock_timeout_s: float = Field(default=30.0, gt=0)
+    retry_delays_s: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(1.0, 10.0, 60.0), min_length=1, description="Delays of the retry lanes, e.g. `1,10,60`."
+    )
+
+    @field_validator("retry_delays_s", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.strip("[]() ").split(",") if part.strip())
+        return value
 
     # --- Local stack (`sagaline dev ...`) --------------------------------------------
     state_dir: Path = Field(

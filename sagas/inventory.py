@@ -19,6 +19,7 @@ from schemas.values import StockLine
 
 
 async def _reservation(ctx: HandlerContext, order_id: str) -> str | None:
+    await ctx.lock(order_id)  # a row that does not exist yet cannot be locked FOR UPDATE
     status: str | None = await ctx.conn.fetchval(
         f"SELECT status FROM {qualified(ctx.schema, 'reservations')} WHERE order_id = $1 FOR UPDATE", order_id
     )
@@ -121,4 +122,5 @@ def spec(config: SagaConfig) -> WorkerSpec:
         build_handlers=build_handlers,
         migrate=run_migrations,
         delays_s=config.retry_delays_s,
+        transaction_per_message=True,  # hot rows (stock) would chain locks across a batch
     )

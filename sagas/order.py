@@ -103,7 +103,8 @@ def build_handlers(config: SagaConfig) -> Any:
         async def on_place(ctx: HandlerContext, command: m.PlaceOrder) -> None:
             table = qualified(ctx.schema, "orders")
             # Serialise requests that share a key or an id (one transaction wins, the other sees it).
-            await ctx.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", command.idempotency_key)
+            await ctx.lock(f"key:{command.idempotency_key}")
+            await ctx.lock(command.order_id)
             key_row = await ctx.conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM {table} WHERE idempotency_key = $1", command.idempotency_key
             )

@@ -26,6 +26,7 @@ def payment_id(order_id: str) -> str:
 
 
 async def on_placed(ctx: HandlerContext, placed: m.OrderPlaced) -> None:
+    await ctx.lock(placed.order_id)
     payments = qualified(ctx.schema, "payments")
     existing = await ctx.conn.fetchrow(
         f"SELECT status FROM {payments} WHERE order_id = $1 FOR UPDATE", placed.order_id
@@ -92,6 +93,7 @@ async def _record(
 
 async def refund(ctx: HandlerContext, order_id: str, reason: str) -> None:
     """Refund a charged order once; void an order not charged yet (a charge never follows)."""
+    await ctx.lock(order_id)
     payments = qualified(ctx.schema, "payments")
     row = await ctx.conn.fetchrow(
         f"SELECT status, customer_id, currency, charged_minor FROM {payments} WHERE order_id = $1 FOR UPDATE",
@@ -162,4 +164,5 @@ def spec(config: SagaConfig) -> WorkerSpec:
         build_handlers=build_handlers,
         migrate=run_migrations,
         delays_s=config.retry_delays_s,
+        transaction_per_message=True,  # hot rows (accounts) would chain locks across a batch
     )

@@ -1,0 +1,133 @@
+"""`sagaline demo` — drive orders through the running saga and check the invariants."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producers.admin import ensure_topics
+from sagaline.bootstrap import create_pool, endpoints, saga_config
+from sagaline.console import emit_json, err, out
+from sagaline.demo import DemoOptions, DemoResult, run_demo
+from sagaline.platform import Platform
+from sagaline.runtime import configure_logging
+from sagaline.settings import Settings
+
+
+class PlatformMode(StrEnum):
+    start = "start"
+    attach = "attach"
+
+
+def demo(
+    orders: int = typer.Option(
+        1000, "--orders", "-n", min=1, max=1_000_000, help="How many orders to place."
+    ),
+    decline_rate: float = typer.Option(
+        0.1, "--decline-rate", min=0, max=1, help="Share of customers without funds."
+    ),
+    stockout_rate: float = typer.Option(
+        0.1, "--stockout-rate", min=0, max=1, help="Share of orders for a scarce SKU."
+    ),
+    cancel_rate: float = typer.Option(
+        0.05, "--cancel-rate", min=0, max=1, help="Share of orders the customer cancels."
+    ),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for every saga to end."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed for a repeatable order mix."),
+    platform_mode: PlatformMode = typer.Option(
+        PlatformMode.start,
+        "--platform",
+        help="start: run the services for the demo; attach: use running ones.",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Place orders as an upstream would, wait until every saga is terminal, print a summary,
+    check the invariants (exit 1 if any fails or a saga is left open)."""
+    if decline_rate + stockout_rate > 1:
+        raise typer.BadParameter(
+            "--decline-rate plus --stockout-rate must not exceed 1", param_hint="--decline-rate"
+        )
+    settings = Settings()
+    configure_logging("WARNING")
+    options = DemoOptions(orders, decline_rate, stockout_rate, cancel_rate, timeout_s=timeout, seed=seed)
+    result = asyncio.run(_run(settings, options, platform_mode, quiet=json_output))
+    if json_output:
+        emit_json(result.as_dict())
+    else:
+        _print(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, quiet: bool) -> DemoResult:
+    config = saga_config(settings)
+    with (
+        out.status("starting Kafka and PostgreSQL if needed, creating topics...") if not quiet else _nothing()
+    ):
+        ends = await endpoints(settings, start_local=True)
+        await ensure_topics(ends.kafka, config.topics.specs())
+    platform = None
+    if mode is PlatformMode.start:
+        platform = Platform(ends, settings.state_dir / "logs", settings.metrics_port)
+        platform.start()
+    pool = await create_pool(settings, ends.postgres_dsn)
+    try:
+        if platform:
+            with out.status("starting order, payment, inventory and tracker...") if not quiet else _nothing():
+                await platform.wait_ready()
+        with Progress(
+            TextColumn("sagas ended"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=quiet,
+        ) as bar:
+            task = bar.add_task("sagas", total=options.orders)
+            return await run_demo(
+                ends.kafka,
+                pool,
+                config,
+                options,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+    finally:
+        await pool.close()
+        if platform:
+            platform.stop(settings.shutdown_deadline_s + 10)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def _print(result: DemoResult) -> None:
+    table = Table("outcome", "orders", title=f"demo run {result.run_id}: {result.orders} orders")
+    for outcome, count in result.outcomes.items():
+        table.add_row(outcome, str(count))
+    if result.open_sagas:
+        table.add_row("[red]not terminal[/]", str(result.open_sagas))
+    out.print(table)
+    latency = result.latency_ms
+    out.print(
+        f"throughput {result.sagas_per_s:.1f} sagas/s over {result.seconds:.1f}s; saga latency"
+        f" p50 {latency.get('p50', 0):.0f} ms, p95 {latency.get('p95', 0):.0f} ms,"
+        f" p99 {latency.get('p99', 0):.0f} ms"
+    )
+    figures = result.invariants.figures
+    out.print(
+        f"money: charged {figures.get('charged_minor', 0)} - refunded {figures.get('refunded_minor', 0)}"
+        f" = confirmed {figures.get('confirmed_total_minor', 0)} (minor units)"
+    )
+    for name, passed in result.invariants.checked.items():
+        out.print(f"  {'[green]ok[/]  ' if passed else '[red]FAIL[/]'} {name}")
+    for violation in result.invariants.violations[:20]:
+        out.print(f"  [red]-[/] {violation}", highlight=False)

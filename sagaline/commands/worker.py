@@ -1,0 +1,85 @@
+"""`sagaline worker NAME` and `sagaline up` — run one service, or the whole platform."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+import typer
+from rich.table import Table
+
+from producers.admin import ensure_topics
+from sagaline.bootstrap import endpoints, saga_config
+from sagaline.console import fail, out
+from sagaline.platform import Platform
+from sagaline.runtime import configure_logging, stop_event_on_signals
+from sagaline.service import serve
+from sagaline.settings import Settings
+from sagas.services import SPECS
+
+
+class Service(StrEnum):
+    order = "order"
+    payment = "payment"
+    inventory = "inventory"
+    tracker = "tracker"
+
+
+def worker(
+    name: Service = typer.Argument(..., help="Which service to run."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Port for /metrics, /healthz, /readyz (default: settings; 0 = any)."
+    ),
+) -> None:
+    """Run one saga service (its consumer group, outbox relay and background loops) until SIGTERM."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    spec = SPECS[name.value](saga_config(settings))
+
+    async def run() -> None:
+        await serve(settings, spec, stop_event_on_signals(), metrics_port)
+
+    asyncio.run(run())
+
+
+def up(
+    metrics_base_port: int = typer.Option(
+        9400, "--metrics-base-port", help="Service N serves its metrics on this port + N."
+    ),
+) -> None:
+    """Run the whole platform: the local stack when nothing is configured, topics, and every
+    service as its own process. Ctrl-C or SIGTERM stops everything cleanly."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(_up(settings, metrics_base_port))
+
+
+async def _up(settings: Settings, base_port: int) -> None:
+    stop = stop_event_on_signals()
+    with out.status("starting Kafka and PostgreSQL if needed, creating topics..."):
+        ends = await endpoints(settings, start_local=True)
+        await ensure_topics(ends.kafka, saga_config(settings).topics.specs())
+    platform = Platform(ends, settings.state_dir / "logs", base_port)
+    platform.start()
+    try:
+        with out.status("waiting for every service to be ready..."):
+            await platform.wait_ready()
+        table = Table("service", "metrics", "log")
+        for child in platform.children:
+            table.add_row(child.name, f"http://127.0.0.1:{child.port}/metrics", str(child.log))
+        out.print(table)
+        out.print(f"Kafka {ends.kafka.bootstrap_servers} — PostgreSQL ready — press Ctrl-C to stop")
+        while not stop.is_set():
+            platform.check_alive()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                continue
+    except RuntimeError as exc:
+        platform.stop()
+        fail(str(exc))
+    codes = platform.stop(settings.shutdown_deadline_s + 10)
+    bad = {name: code for name, code in codes.items() if code != 0}
+    if bad:
+        fail(f"services did not stop cleanly: {bad}")
+    out.print("stopped cleanly")

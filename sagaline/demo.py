@@ -1,0 +1,193 @@
+"""The demo: publish N orders as an upstream would, wait for every saga to end, summarise,
+and check the invariants.
+
+Decline and stock-out rates are shaped by the data: a declined order belongs to a customer
+with an empty account; a stock-out order asks for a scarce SKU (a few units for many
+orders). Some customers cancel shortly after ordering, so cancellations land at every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from producers.connection import KafkaConnection
+from producers.db import qualified
+from producers.publisher import Publisher
+from sagas import invariants, seed
+from sagas.config import SagaConfig
+from schemas.messages import CancelOrder, PlaceOrder
+from schemas.values import LineItem
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    orders: int = 1000
+    decline_rate: float = 0.1
+    stockout_rate: float = 0.1
+    cancel_rate: float = 0.05
+    concurrency: int = 200
+    timeout_s: float = 300.0
+    seed: int | None = None
+
+
+@dataclass
+class DemoResult:
+    run_id: str
+    orders: int
+    outcomes: dict[str, int]
+    open_sagas: int
+    seconds: float
+    sagas_per_s: float
+    latency_ms: dict[str, float]
+    invariants: invariants.InvariantReport
+    order_ids: list[str] = field(repr=False, default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.open_sagas == 0 and self.invariants.ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "run_id": self.run_id,
+            "orders": self.orders,
+            "outcomes": self.outcomes,
+            "open_sagas": self.open_sagas,
+            "seconds": round(self.seconds, 2),
+            "sagas_per_s": round(self.sagas_per_s, 1),
+            "latency_ms": self.latency_ms,
+            "invariants": {"checked": self.invariants.checked, "violations": self.invariants.violations},
+            "money": self.invariants.figures,
+        }
+
+
+def _plan(
+    options: DemoOptions, run_id: str
+) -> tuple[list[PlaceOrder], list[tuple[str, str, int]], list[tuple[str, int]], set[str]]:
+    rng = random.Random(options.seed)
+    rich = [f"d{run_id}-c{i}" for i in range(max(5, options.orders // 2))]
+    poor = [f"d{run_id}-poor{i}" for i in range(3)]
+    skus = [f"d{run_id}-sku{i}" for i in range(20)]
+    scarce = f"d{run_id}-scarce"
+    accounts = [(c, "EUR", 10**9) for c in rich] + [(c, "EUR", 0) for c in poor]
+    stockout_orders = round(options.orders * options.stockout_rate)
+    stock = [(s, options.orders * 10) for s in skus] + [(scarce, max(1, stockout_orders // 5))]
+    orders: list[PlaceOrder] = []
+    for i in range(options.orders):
+        roll = rng.random()
+        customer = rng.choice(poor) if roll < options.decline_rate else rng.choice(rich)
+        picks = rng.sample(skus, rng.randint(1, 3))
+        items = [
+            LineItem(sku=s, quantity=rng.randint(1, 3), unit_price_minor=rng.randint(100, 5000))
+            for s in picks
+        ]
+        if options.decline_rate <= roll < options.decline_rate + options.stockout_rate:
+            items.append(LineItem(sku=scarce, quantity=1, unit_price_minor=999))
+        orders.append(
+            PlaceOrder(
+                order_id=f"d{run_id}-o{i}",
+                idempotency_key=f"demo-{run_id}-{i}",
+                customer_id=customer,
+                currency="EUR",
+                items=items,
+            )
+        )
+    cancels = {o.order_id for o in orders if rng.random() < options.cancel_rate}
+    return orders, accounts, stock, cancels
+
+
+async def run_demo(
+    kafka: KafkaConnection,
+    pool: asyncpg.Pool[Any],
+    config: SagaConfig,
+    options: DemoOptions,
+    progress: Progress | None = None,
+) -> DemoResult:
+    run_id = uuid.uuid4().hex[:6]
+    orders, accounts, stock, cancels = _plan(options, run_id)
+    async with pool.acquire() as conn:
+        await seed.migrate_all(conn, config)
+        await seed.add_accounts(conn, config, accounts)
+        await seed.add_stock(conn, config, stock)
+
+    published_at: dict[str, datetime] = {}
+    started = time.monotonic()
+    async with Publisher(kafka, source="/demo/storefront", topics=config.topics) as publisher:
+        limit = asyncio.Semaphore(options.concurrency)
+
+        async def place(order: PlaceOrder) -> None:
+            async with limit:
+                await publisher.publish(order)
+                published_at[order.order_id] = datetime.now(UTC)
+                if order.order_id in cancels:
+                    await asyncio.sleep(random.random() * 0.3)  # cancel at whatever step it has reached
+                    await publisher.publish(
+                        CancelOrder(order_id=order.order_id, idempotency_key=f"cancel-{order.order_id}")
+                    )
+
+        await asyncio.gather(*(place(o) for o in orders))
+
+    order_ids = [o.order_id for o in orders]
+    table = qualified(config.schema("order"), "orders")
+    deadline = time.monotonic() + options.timeout_s
+    done = 0
+    while time.monotonic() < deadline:
+        done = await pool.fetchval(
+            f"SELECT count(*) FROM {table}"
+            " WHERE order_id = ANY($1::text[]) AND status IN ('CONFIRMED', 'CANCELLED')",
+            order_ids,
+        )
+        if progress:
+            progress(done, len(orders))
+        if done == len(orders):
+            break
+        await asyncio.sleep(0.25)
+    seconds = time.monotonic() - started
+
+    rows = await pool.fetch(
+        f"SELECT order_id, status, cancel_reason, terminal_at FROM {table} WHERE order_id = ANY($1::text[])",
+        order_ids,
+    )
+    outcomes = Counter(
+        r["status"] if r["status"] != "CANCELLED" else f"CANCELLED ({r['cancel_reason']})" for r in rows
+    )
+    latencies = sorted(
+        (r["terminal_at"] - published_at[r["order_id"]]).total_seconds() * 1000
+        for r in rows
+        if r["terminal_at"] is not None and r["order_id"] in published_at
+    )
+    async with pool.acquire() as conn:
+        report = await invariants.check(conn, config, order_ids)
+    return DemoResult(
+        run_id=run_id,
+        orders=len(orders),
+        outcomes=dict(sorted(outcomes.items())),
+        open_sagas=len(orders) - done,
+        seconds=seconds,
+        sagas_per_s=done / seconds if seconds else 0.0,
+        latency_ms=_percentiles(latencies),
+        invariants=report,
+        order_ids=order_ids,
+    )
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    if len(values) == 1:
+        return {"p50": round(values[0], 1), "p95": round(values[0], 1), "p99": round(values[0], 1)}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(cuts[49], 1), "p95": round(cuts[94], 1), "p99": round(cuts[98], 1)}
