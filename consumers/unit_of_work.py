@@ -141,6 +141,7 @@ class UnitOfWork:
                         if await self._apply_fast(conn, todo):
                             return
                         async with conn.transaction():
+                            await self._lock_keys(conn, todo)
                             for outcome in todo:
                                 await self._apply_one(conn, outcome)
         except Exception as exc:
@@ -156,10 +157,23 @@ class UnitOfWork:
             for outcome in todo:
                 outcome.kind, outcome.failure, outcome.emitted = "retry", failure, []
 
+    async def _lock_keys(self, conn: DbConnection, todo: list[Outcome]) -> None:
+        """Take the batch's per-key locks (the same ones `HandlerContext.lock` takes) up front,
+        in one global order: two batches touching the same orders can then never deadlock,
+        whichever topics their messages came from."""
+        keys = sorted({o.envelope.subject for o in todo if o.envelope})
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(h)) FROM"
+            " (SELECT DISTINCT hashtext($1 || ':' || k) AS h FROM unnest($2::text[]) AS k ORDER BY h) AS s",
+            self.schema,
+            keys,
+        )
+
     async def _apply_fast(self, conn: DbConnection, todo: list[Outcome]) -> bool:
         """The whole batch in one go; False (everything rolled back) if any message failed."""
         try:
             async with conn.transaction():
+                await self._lock_keys(conn, todo)
                 claimed = await inbox.claim_many(
                     conn,
                     self.schema,

@@ -192,6 +192,7 @@ class OutboxRelay:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await self.publish_pending()  # flush: what was staged before the stop goes out now
         finally:
             await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             await self.pool.release(listener)

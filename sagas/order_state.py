@@ -28,6 +28,10 @@ Status = Literal["PENDING_PAYMENT", "AWAITING_STOCK", "CONFIRMED", "CANCELLING",
 PaymentState = Literal["pending", "completed", "failed", "refunded"]
 StockState = Literal["pending", "reserved", "rejected", "released"]
 TERMINAL: frozenset[str] = frozenset({"CONFIRMED", "CANCELLED"})
+# A participant's answers can reach us out of order (a retry lane delays one): what we know
+# about payment and stock only ever moves forward.
+_PAYMENT_RANK = {"pending": 0, "completed": 1, "failed": 2, "refunded": 2}
+_STOCK_RANK = {"pending": 0, "reserved": 1, "rejected": 2, "released": 2}
 
 
 @dataclass(frozen=True)
@@ -102,37 +106,55 @@ def _rejected(command: m.PlaceOrder, reason: str) -> m.OrderRejected:
     return m.OrderRejected(order_id=command.order_id, idempotency_key=command.idempotency_key, reason=reason)
 
 
+def _paid(order: Order, state: PaymentState) -> Order:
+    return replace(order, payment=state) if _PAYMENT_RANK[state] > _PAYMENT_RANK[order.payment] else order
+
+
+def _stocked(order: Order, state: StockState) -> Order:
+    return replace(order, stock=state) if _STOCK_RANK[state] > _STOCK_RANK[order.stock] else order
+
+
 def decide(order: Order, message: m.Message, now: datetime, timeouts: Timeouts) -> Decision:
-    """The order's reaction to a message about it."""
+    """The order's reaction to a message about it. Payment and stock answers come from two
+    topics, so either may arrive first: the state records what is known, then `_progress`
+    decides from all of it."""
     match message:
         case m.PaymentCompleted():
-            order = replace(order, payment="completed")
-            if order.status == "PENDING_PAYMENT":
-                return Decision(replace(order, status="AWAITING_STOCK", deadline_at=now + timeouts.stock))
-            return _settle(order)  # late: the cancellation already asked payment to refund
+            return _progress(_paid(order, "completed"), now, timeouts)
         case m.PaymentFailed():
-            order = replace(order, payment="failed")
-            if order.status == "PENDING_PAYMENT":
-                return _settle(replace(order, status="CANCELLING", cancel_reason="payment_declined"))
-            return _settle(order)
+            return _progress(_paid(order, "failed"), now, timeouts)
         case m.PaymentRefunded():
-            return _settle(replace(order, payment="refunded"))
+            return _progress(_paid(order, "refunded"), now, timeouts)
         case m.StockReserved():
-            order = replace(order, stock="reserved")
-            if order.status == "AWAITING_STOCK":
-                confirmed = replace(order, status="CONFIRMED", deadline_at=None)
-                return Decision(confirmed, (m.OrderConfirmed(order_id=order.order_id, total=order.total),))
-            return _settle(order)  # late: the cancellation already asked inventory to release
+            return _progress(_stocked(order, "reserved"), now, timeouts)
         case m.StockRejected():
-            order = replace(order, stock="rejected")
-            if order.status == "AWAITING_STOCK":
-                return _settle(replace(order, status="CANCELLING", cancel_reason="out_of_stock"))
-            return _settle(order)
+            return _progress(_stocked(order, "rejected"), now, timeouts)
         case m.StockReleased():
-            return _settle(replace(order, stock="released"))
+            return _progress(_stocked(order, "released"), now, timeouts)
         case m.CancelOrder():
             return cancel(order, "customer_request", message.reason)
     return Decision(None)
+
+
+def _progress(order: Order, now: datetime, timeouts: Timeouts) -> Decision:
+    """Move an open order as far as what is known allows; a cancelling one ends when its
+    compensations are done. Late answers to a cancelled order only complete the record."""
+    if order.status in ("PENDING_PAYMENT", "AWAITING_STOCK"):
+        if order.payment == "failed":
+            return _settle(
+                replace(order, status="CANCELLING", cancel_reason="payment_declined", deadline_at=None)
+            )
+        if order.payment in ("completed", "refunded"):
+            if order.stock == "rejected":
+                return _settle(
+                    replace(order, status="CANCELLING", cancel_reason="out_of_stock", deadline_at=None)
+                )
+            if order.stock == "reserved" and order.payment == "completed":
+                confirmed = replace(order, status="CONFIRMED", deadline_at=None)
+                return Decision(confirmed, (m.OrderConfirmed(order_id=order.order_id, total=order.total),))
+            if order.status == "PENDING_PAYMENT":
+                return Decision(replace(order, status="AWAITING_STOCK", deadline_at=now + timeouts.stock))
+    return _settle(order)
 
 
 def cancel(order: Order, reason: m.CancelReason, detail: str = "") -> Decision:

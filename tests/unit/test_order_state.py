@@ -158,3 +158,20 @@ def test_refund_and_release_arriving_in_either_order_end_the_same() -> None:
     a, _ = run(start, RESERVED, RELEASED, REFUNDED)
     b, _ = run(start, REFUNDED, RESERVED, RELEASED)
     assert a.status == b.status == "CANCELLED"
+
+
+def test_answers_overtaken_by_a_retry_lane_never_move_the_order_backwards() -> None:
+    start, _ = run(placed_order(), CANCEL)
+    # the refund arrives before the charge it refunds, the release before the reservation
+    order, events = run(start, REFUNDED, PAID, RELEASED, RESERVED)
+    assert (order.payment, order.stock) == ("refunded", "released")
+    assert (order.status, events) == ("CANCELLED", ["OrderCancelled"])
+
+
+def test_stock_answers_overtaking_the_payment_answer_still_confirm_or_cancel() -> None:
+    order, events = run(placed_order(), RESERVED, PAID)
+    assert (order.status, events) == ("CONFIRMED", ["OrderConfirmed"])
+    order, events = run(placed_order(), REJECTED, PAID)
+    assert (order.status, order.cancel_reason, events) == ("CANCELLING", "out_of_stock", [])
+    order, events = run(order, REFUNDED)
+    assert (order.status, events) == ("CANCELLED", ["OrderCancelled"])
