@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint up down status chaos bench clean
+.PHONY: demo platform test unit lint up down status chaos bench clean
 
 $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error; fi
 	@touch $(STAMP)
 
-## demo: start the local stack (Kafka + PostgreSQL) and run the main job
+## demo: the main job — local Kafka + PostgreSQL, the saga's services, 1,000 orders, invariants
+ORDERS ?= 1000
 demo: $(STAMP)
-	$(BIN)/sagaline dev up
-	$(BIN)/sagaline smoke
+	$(BIN)/sagaline demo --orders $(ORDERS)
+
+## platform: run every service until Ctrl-C (`sagaline up`)
+platform: $(STAMP)
+	$(BIN)/sagaline up
 
 ## test: lint, type-check, then every test tier except chaos (real Kafka + PostgreSQL)
 test: lint

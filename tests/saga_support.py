@@ -1,0 +1,129 @@
+"""The saga's four services in process, on real Kafka and PostgreSQL, with their own
+prefix (topics, schemas, groups), so each test has a private deployment."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from producers.admin import ensure_topics
+from producers.connection import KafkaConnection
+from producers.publisher import Publisher
+from sagaline.service import serve
+from sagaline.settings import Settings
+from sagas import invariants, seed
+from sagas.config import SagaConfig
+from sagas.services import SPECS
+from schemas.messages import CancelOrder, PlaceOrder
+from schemas.topics import TopicMap
+from schemas.values import LineItem
+from tests.support import wait_until
+
+
+def order(
+    order_id: str, customer: str = "alice", items: list[tuple[str, int, int]] | None = None
+) -> PlaceOrder:
+    lines = [LineItem(sku=s, quantity=q, unit_price_minor=p) for s, q, p in (items or [("mug", 1, 1500)])]
+    return PlaceOrder(
+        order_id=order_id,
+        idempotency_key=f"idem-key-{order_id}",
+        customer_id=customer,
+        currency="EUR",
+        items=lines,
+    )
+
+
+class SagaPlatform:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        postgres_dsn: str,
+        unique: str,
+        *,
+        payment_timeout_s: float = 30.0,
+        stock_timeout_s: float = 30.0,
+    ) -> None:
+        self.kafka = kafka
+        self.postgres_dsn = postgres_dsn
+        self.config = SagaConfig(
+            topics=TopicMap(prefix=f"sg{unique}.", partitions=3, replication=1),
+            prefix=f"s{unique}_",
+            payment_timeout_s=payment_timeout_s,
+            stock_timeout_s=stock_timeout_s,
+            deadline_scan_interval_s=0.2,
+            retry_delays_s=(0.5, 1.0, 2.0),
+        )
+        self.pool: asyncpg.Pool[Any] | None = None
+        self._running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+
+    async def setup(self, accounts: list[tuple[str, int]], stock: list[tuple[str, int]]) -> None:
+        await ensure_topics(self.kafka, self.config.topics.specs())
+        self.pool = await asyncpg.create_pool(self.postgres_dsn, min_size=1, max_size=8)
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            await seed.migrate_all(conn, self.config)
+            await seed.add_accounts(conn, self.config, [(c, "EUR", b) for c, b in accounts])
+            await seed.add_stock(conn, self.config, stock)
+
+    def settings(self) -> Settings:
+        return Settings.from_environ(
+            {
+                "SAGALINE_KAFKA_BOOTSTRAP": self.kafka.bootstrap_servers,
+                "SAGALINE_POSTGRES_DSN": self.postgres_dsn,
+            }
+        )
+
+    async def start(self, *services: str) -> None:
+        for name in services or tuple(SPECS):
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(self.settings(), SPECS[name](self.config), stop, metrics_port=0))
+            self._running[name] = (task, stop)
+
+    async def stop(self, *services: str) -> None:
+        for name in services or tuple(self._running):
+            task, stop = self._running.pop(name)
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)
+
+    async def close(self) -> None:
+        if self._running:
+            await self.stop()
+        if self.pool:
+            await self.pool.close()
+
+    async def publish(self, *messages: PlaceOrder | CancelOrder) -> None:
+        async with Publisher(self.kafka, source="/tests/storefront", topics=self.config.topics) as publisher:
+            for message in messages:
+                await publisher.publish(message)
+
+    async def status(self, order_id: str) -> dict[str, Any] | None:
+        assert self.pool is not None
+        row = await self.pool.fetchrow(
+            f'SELECT status, payment, stock, cancel_reason FROM "{self.config.schema("order")}".orders'
+            " WHERE order_id = $1",
+            order_id,
+        )
+        return dict(row) if row else None
+
+    async def wait_status(self, order_id: str, *statuses: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        async def reached() -> bool:
+            current = await self.status(order_id)
+            return current is not None and current["status"] in statuses
+
+        await wait_until(reached, timeout_s=timeout_s)
+        result = await self.status(order_id)
+        assert result is not None
+        return result
+
+    async def scalar(self, sql: str, *args: Any) -> Any:
+        """SQL with {order}, {payment}, {inventory}, {tracker} standing for the schemas."""
+        assert self.pool is not None
+        names = {s: f'"{self.config.schema(s)}"' for s in ("order", "payment", "inventory", "tracker")}
+        return await self.pool.fetchval(sql.format(**names), *args)
+
+    async def invariants(self) -> invariants.InvariantReport:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            return await invariants.check(conn, self.config)
