@@ -17,6 +17,8 @@ def _services() -> dict[str, Any]:
 
 def test_the_platform_services_are_there() -> None:
     assert {"kafka", "postgres", "prometheus", "grafana", "jaeger"} <= set(_services())
+    for worker in ("order", "payment", "inventory", "tracker"):
+        assert _services()[worker]["command"][:3] == ["sagaline", "worker", worker]
 
 
 def test_kafka_is_the_official_image_pinned_to_3_9_and_runs_kraft() -> None:
