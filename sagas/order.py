@@ -18,9 +18,8 @@ import asyncpg
 from consumers.errors import PermanentError
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
-from producers import outbox
+from producers import migrate, outbox
 from producers.db import DbConnection, qualified
-from sagas import migrate
 from sagas.config import SagaConfig
 from sagas.order_state import Decision, Order, Timeouts, decide, expire, place
 from schemas import messages as m

@@ -13,8 +13,8 @@ import asyncpg
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
+from producers import migrate
 from producers.db import DbConnection, qualified
-from sagas import migrate
 from sagas.config import SagaConfig
 from schemas import messages as m
 from schemas.values import Money, StockLine

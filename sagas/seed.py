@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from producers import migrate
 from producers.db import DbConnection, qualified
-from sagas import migrate
 from sagas.config import SERVICES, SagaConfig
 
 

@@ -1,8 +1,9 @@
 """A small migrator: plain SQL files applied in order, once, per service schema.
 
-`sagas/migrations/<service>/NNN_name.sql`, with `{schema}` standing for the service's
-schema. Applied versions are recorded in `<schema>.schema_migrations`; an advisory lock
-serialises concurrent migrators (several replicas starting at once).
+`<package>/<service>/NNN_name.sql` (e.g. `sagas/migrations/order/001_orders.sql`), with
+`{schema}` standing for the service's schema. Applied versions are recorded in
+`<schema>.schema_migrations`; an advisory lock serialises concurrent migrators (several
+replicas starting at once).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class Migration:
     sql: str
 
 
-def load(service: str) -> list[Migration]:
-    folder = resources.files("sagas.migrations").joinpath(service)
+def load(service: str, package: str = "sagas.migrations") -> list[Migration]:
+    """Migrations of `service` (a folder of `package`; `""` for the package itself)."""
+    folder = resources.files(package).joinpath(service) if service else resources.files(package)
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
