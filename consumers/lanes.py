@@ -43,7 +43,7 @@ H_SAGA_ID = "sagaline_saga-id"
 H_DUE = "sagaline_retry-due"
 H_LANE = "sagaline_lane"
 
-_OURS = (
+LANE_HEADERS = (
     H_ORIGINAL_TOPIC,
     H_ORIGINAL_PARTITION,
     H_ORIGINAL_OFFSET,
@@ -156,7 +156,7 @@ def failed_record(
     due_ms: int | None = None,
 ) -> Record:
     """The record to send to a retry or dead-letter topic."""
-    kept = [(k, v) for k, v in headers if k not in _OURS]
+    kept = [(k, v) for k, v in headers if k not in LANE_HEADERS]
     exc = failure.exc
     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     first = origin.first_failure or failure.at

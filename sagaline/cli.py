@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from sagaline.commands import demo, dev, publish, relay, saga, schemas, smoke, topics, worker
+from sagaline.commands import demo, dev, dlq, publish, relay, saga, schemas, smoke, topics, worker
 from sagaline.console import err
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("worker")(worker.worker)
 app.command("up")(worker.up)
 app.command("demo")(demo.demo)
 app.add_typer(saga.app, name="saga")
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""The whole platform as child processes: one `sagaline worker NAME` per service, each with
-its own metrics port, supervised until stopped (or until one of them dies)."""
+"""The whole platform as child processes: one `sagaline worker NAME` per service and the
+DLQ indexer, each with its own metrics port, supervised until stopped (or one dies)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ class Platform:
             port = self.base_port + number
             log = self.log_dir / f"{name}.log"
             with log.open("ab") as out:
+                command = ["dlq", "index"] if name == "dlq" else ["worker", name]
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "sagaline", "worker", name, "--metrics-port", str(port)],
+                    [sys.executable, "-m", "sagaline", *command, "--metrics-port", str(port)],
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

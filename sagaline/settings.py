@@ -76,6 +76,14 @@ class Settings(BaseSettings):
             return tuple(float(part) for part in value.strip("[]() ").split(",") if part.strip())
         return value
 
+    # --- Operators ------------------------------------------------------------------
+    operator: str | None = Field(
+        default=None, description="Who runs DLQ actions, for the audit trail (default: the OS user)."
+    )
+    redact_fields: tuple[str, ...] = Field(
+        default=("customer_id",), description="Payload fields `dlq show` masks."
+    )
+
     # --- Local stack (`sagaline dev ...`) --------------------------------------------
     state_dir: Path = Field(
         default=Path(".sagaline"),

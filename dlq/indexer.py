@@ -1,0 +1,80 @@
+"""The DLQ index: one consumer over every group's dead-letter topic (`*.dlt`) that records
+each record in PostgreSQL, so listing and filtering never scan Kafka. Offsets are committed
+after the rows are; a redelivered record hits the unique (topic, partition, offset) key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+
+from dlq import store
+from dlq.record import parse
+from producers.connection import KafkaConnection
+
+log = logging.getLogger(__name__)
+
+
+def dlt_pattern(group_prefix: str = "") -> str:
+    """Every dead-letter topic of the groups of one deployment (its group prefix)."""
+    return f"^{re.escape(group_prefix)}.*\\.dlt$"
+
+
+class Indexer:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        pool: asyncpg.Pool[Any],
+        schema: str,
+        *,
+        group: str = "sagaline-dlq-index",
+        pattern: str | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.pool = pool
+        self.schema = schema
+        self.group = group
+        self.pattern = pattern or dlt_pattern()
+        self.indexed = 0
+        self.running = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            **self.kafka.client_kwargs(),
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=5000,  # new groups' dead-letter topics are found within seconds
+        )
+        consumer.subscribe(pattern=self.pattern)
+        await consumer.start()
+        self.running = True
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+                if not batch:
+                    continue
+                async with self.pool.acquire() as conn, conn.transaction():
+                    for records in batch.values():
+                        for r in records:
+                            headers = list(r.headers or ())
+                            await store.insert(
+                                conn,
+                                self.schema,
+                                dlt_topic=r.topic,
+                                partition=r.partition,
+                                offset=r.offset,
+                                key=r.key,
+                                value=r.value,
+                                headers=headers,
+                                fields=parse(r.topic, r.key, headers),
+                            )
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+                self.indexed += sum(len(records) for records in batch.values())
+        finally:
+            self.running = False
+            await consumer.stop()

@@ -1,0 +1,483 @@
+"""`sagaline dlq ...` — find, group, inspect, replay, edit, archive and purge dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import typer
+from prometheus_client import CollectorRegistry, Gauge
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dlq import actions, store
+from dlq.indexer import Indexer
+from producers.publisher import Publisher
+from sagaline.bootstrap import create_pool, endpoints, saga_config
+from sagaline.console import emit_json, err, fail, out
+from sagaline.ops import OpsServer
+from sagaline.runtime import configure_logging, stop_event_on_signals
+from sagaline.settings import Settings
+from schemas.codec import decode
+from schemas.errors import DecodeError
+
+app = typer.Typer(
+    help="Operate dead letters: find, group, inspect, replay, edit, archive, purge.", no_args_is_help=True
+)
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/s)?$")
+
+
+def _actor(settings: Settings) -> str:
+    return settings.operator or os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _filter(
+    ids: list[int],
+    group: str | None,
+    source_topic: str | None,
+    event_type: str | None,
+    exception_type: str | None,
+    saga_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    status: list[str],
+) -> store.Filter:
+    bad = [s for s in status if s not in store.STATUSES]
+    if bad:
+        raise typer.BadParameter(
+            f"unknown status {bad[0]!r}; one of {', '.join(store.STATUSES)}", param_hint="--status"
+        )
+    if event_type and not event_type.startswith("io.sagaline."):
+        event_type = f"io.sagaline.{event_type}"
+    return store.Filter(
+        ids=tuple(ids),
+        group=group,
+        source_topic=source_topic,
+        event_type=event_type,
+        exception_type=exception_type,
+        saga_id=saga_id,
+        since=since,
+        until=until,
+        statuses=tuple(status),
+    )
+
+
+# Filter options shared by list, stats, replay, archive and purge.
+IDS = typer.Option([], "--id", help="Dead-letter id (repeatable).")
+GROUP = typer.Option(None, "--group", help="Consumer group that failed.")
+SOURCE = typer.Option(None, "--source-topic", help="Topic the record was first consumed from.")
+EVENT = typer.Option(None, "--event-type", help="Message type, e.g. OrderPlaced.")
+EXCEPTION = typer.Option(None, "--exception", help="Exception type, e.g. schemas.errors.NotJson.")
+SAGA = typer.Option(None, "--saga", help="Saga id (the order id).")
+SINCE = typer.Option(None, "--since", help="Last failure at or after (ISO 8601).")
+UNTIL = typer.Option(None, "--until", help="Last failure before (ISO 8601).")
+JSON = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+async def _with_pool(settings: Settings, work: Any) -> Any:
+    ends = await endpoints(settings, start_local=False)
+    pool = await create_pool(settings, ends.postgres_dsn)
+    try:
+        async with pool.acquire() as conn:
+            await store.install(conn, saga_config(settings).schema("dlq"))
+        return await work(ends, pool)
+    finally:
+        await pool.close()
+
+
+def _saga_status(pool: asyncpg.Pool[Any], settings: Settings) -> actions.SagaStatus:
+    sagas = f'"{saga_config(settings).schema("tracker")}".sagas'
+
+    async def status(order_id: str) -> str | None:
+        try:
+            value: str | None = await pool.fetchval(
+                f"SELECT status FROM {sagas} WHERE order_id = $1", order_id
+            )
+        except asyncpg.UndefinedTableError:
+            return None  # no tracker deployed
+        return value
+
+    return status
+
+
+@app.command()
+def index(
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Port for /metrics (0 = any)."),
+) -> None:
+    """Record every group's dead letters (`*.dlt` topics) in PostgreSQL until SIGTERM."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+
+    async def run() -> None:
+        stop = stop_event_on_signals()
+        ends = await endpoints(settings, start_local=False)
+        pool = await create_pool(settings, ends.postgres_dsn)
+        schema = saga_config(settings).schema("dlq")
+        registry = CollectorRegistry()
+        indexed = Gauge("sagaline_dlq_indexed", "Dead letters indexed by this process.", registry=registry)
+        try:
+            async with pool.acquire() as conn:
+                await store.install(conn, schema)
+            indexer = Indexer(
+                ends.kafka, pool, schema, group=f"{saga_config(settings).prefix}sagaline-dlq-index"
+            )
+            indexed.set_function(lambda: indexer.indexed)
+            port = settings.metrics_port if metrics_port is None else metrics_port
+            ops = OpsServer(registry, settings.metrics_host, port, ready=lambda: indexer.running)
+            await ops.start()
+            try:
+                await indexer.run(stop)
+            finally:
+                await ops.stop()
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+@app.command("list")
+def list_command(
+    ids: list[int] = IDS,
+    group: str | None = GROUP,
+    source_topic: str | None = SOURCE,
+    event_type: str | None = EVENT,
+    exception_type: str | None = EXCEPTION,
+    saga_id: str | None = SAGA,
+    since: datetime | None = SINCE,
+    until: datetime | None = UNTIL,
+    status: list[str] = typer.Option([], "--status", help="new, replayed, resolved, archived (repeatable)."),
+    limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="Page size."),
+    page: int = typer.Option(1, "--page", min=1, help="Page number."),
+    json_output: bool = JSON,
+) -> None:
+    """Dead letters matching the filters, oldest first, paged."""
+    flt = _filter(ids, group, source_topic, event_type, exception_type, saga_id, since, until, status)
+    settings = Settings()
+
+    async def work(_: Any, pool: asyncpg.Pool[Any]) -> tuple[list[store.Entry], int]:
+        schema = saga_config(settings).schema("dlq")
+        async with pool.acquire() as conn:
+            rows = await store.select(conn, schema, flt, limit=limit, offset=(page - 1) * limit)
+            return rows, await store.count(conn, schema, flt)
+
+    rows, total = asyncio.run(_with_pool(settings, work))
+    if json_output:
+        emit_json({"total": total, "page": page, "entries": [asdict(r) for r in rows]})
+        return
+    table = Table("id", "status", "group", "source", "event", "exception", "saga", "attempts", "last failure")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.status,
+            r.consumer_group,
+            f"{r.source_topic}[{r.source_partition}]@{r.source_offset}",
+            (r.event_type or "?").removeprefix("io.sagaline."),
+            (r.exception_type or "?").rsplit(".", 1)[-1],
+            r.saga_id or "",
+            str(r.attempts),
+            f"{r.last_failure:%Y-%m-%d %H:%M:%S}" if r.last_failure else "",
+        )
+    out.print(table)
+    out.print(f"page {page}: {len(rows)} of {total}")
+
+
+@app.command()
+def stats(
+    group: str | None = GROUP,
+    status: list[str] = typer.Option(
+        ["new"], "--status", help="Statuses to count (repeatable; default new)."
+    ),
+    json_output: bool = JSON,
+) -> None:
+    """The first screen: dead letters grouped by consumer group, exception and event type."""
+    flt = _filter([], group, None, None, None, None, None, None, status)
+    settings = Settings()
+
+    async def work(_: Any, pool: asyncpg.Pool[Any]) -> list[dict[str, Any]]:
+        async with pool.acquire() as conn:
+            return await store.stats(conn, saga_config(settings).schema("dlq"), flt)
+
+    groups = asyncio.run(_with_pool(settings, work))
+    if json_output:
+        emit_json(groups)
+        return
+    table = Table("group", "exception", "event", "count", "first seen", "last seen")
+    for g in groups:
+        table.add_row(
+            g["consumer_group"],
+            g["exception_type"] or "?",
+            (g["event_type"] or "?").removeprefix("io.sagaline."),
+            str(g["count"]),
+            f"{g['first_seen']:%Y-%m-%d %H:%M:%S}",
+            f"{g['last_seen']:%Y-%m-%d %H:%M:%S}",
+        )
+    out.print(table)
+
+
+def _redact(value: Any, fields: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if k in fields else _redact(v, fields)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, fields) for v in value]
+    return value
+
+
+@app.command()
+def show(
+    dead_letter_id: int = typer.Argument(..., metavar="REF", help="Dead-letter id."), json_output: bool = JSON
+) -> None:
+    """Headers, payload (decoded, or raw when undecodable), stack trace and the saga's status."""
+    settings = Settings()
+
+    async def work(_: Any, pool: asyncpg.Pool[Any]) -> tuple[store.Entry | None, str | None]:
+        async with pool.acquire() as conn:
+            found = await store.select(
+                conn, saga_config(settings).schema("dlq"), store.Filter(ids=(dead_letter_id,)), full=True
+            )
+        if not found:
+            return None, None
+        saga = await _saga_status(pool, settings)(found[0].saga_id) if found[0].saga_id else None
+        return found[0], saga
+
+    entry, saga_status = asyncio.run(_with_pool(settings, work))
+    if entry is None:
+        fail(f"no dead letter {dead_letter_id}")
+    try:
+        payload: Any = _redact(json.loads(entry.value or b""), settings.redact_fields)
+        decodes, problem = True, None
+        decode(entry.value, entry.headers)
+    except (ValueError, DecodeError) as exc:
+        decodes, problem = False, str(exc)
+        if not isinstance(exc, DecodeError):
+            payload = {"raw": (entry.value or b"").decode("utf-8", errors="replace")}
+    headers = {
+        k: (v.decode("utf-8") if v.isascii() else v.hex())
+        for k, v in entry.headers
+        if k != "kafka_dlt-exception-stacktrace"
+    }
+    details = {
+        **asdict(entry),
+        "key": entry.key.decode("utf-8", errors="replace") if entry.key else None,
+        "value": None,
+        "headers": headers,
+        "payload": payload,
+        "decodes": decodes,
+        "decode_problem": problem,
+        "saga_status": saga_status,
+    }
+    if json_output:
+        emit_json(details)
+        return
+    where = f"{entry.dlt_topic}[{entry.dlt_partition}]@{entry.dlt_offset}"
+    source = f"{entry.source_topic}[{entry.source_partition}]@{entry.source_offset}"
+    out.print(f"[bold]dead letter {entry.id}[/] ({entry.status}) in {where}")
+    out.print(f"group {entry.consumer_group}; from {source}")
+    out.print(f"saga {entry.saga_id} — tracker says: {saga_status or 'unknown'}")
+    out.print(
+        f"{entry.failure_class} failure x{entry.attempts}: {entry.exception_type}: {entry.exception_message}"
+    )
+    if problem:
+        out.print(f"[yellow]does not decode:[/] {problem}", highlight=False)
+    out.print_json(json.dumps(payload, default=str))
+    table = Table("header", "value")
+    for k, v in headers.items():
+        table.add_row(k, v[:120])
+    out.print(table)
+    out.print(entry.stacktrace or "", markup=False, highlight=False)
+
+
+def _parse_rate(text: str | None) -> float | None:
+    if text is None:
+        return None
+    match = _RATE.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a rate like 50/s", param_hint="--rate")
+    return float(match.group(1))
+
+
+@app.command()
+def replay(
+    ids: list[int] = IDS,
+    group: str | None = GROUP,
+    source_topic: str | None = SOURCE,
+    event_type: str | None = EVENT,
+    exception_type: str | None = EXCEPTION,
+    saga_id: str | None = SAGA,
+    since: datetime | None = SINCE,
+    until: datetime | None = UNTIL,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be sent and change nothing."),
+    rate: str | None = typer.Option(None, "--rate", help="At most this many per second, e.g. 50/s."),
+    yes: bool = typer.Option(False, "--yes", help="Needed when no filter narrows the selection."),
+    json_output: bool = JSON,
+) -> None:
+    """Send dead letters back to their failing group's retry lane (only that group sees them),
+    keeping event id and idempotency key; marks them replayed. Default selection: status new."""
+    flt = _filter(ids, group, source_topic, event_type, exception_type, saga_id, since, until, [])
+    per_second = _parse_rate(rate)
+    if flt == store.Filter() and not yes and not dry_run:
+        fail("replaying every new dead letter needs --yes (or narrow it with a filter)", code=2)
+    settings = Settings()
+
+    async def work(ends: Any, pool: asyncpg.Pool[Any]) -> actions.ReplayReport:
+        with Progress(
+            TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+            disable=json_output or dry_run,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("replay", total=None)
+            async with Publisher(ends.kafka, source="/sagaline/dlq") as publisher:
+                return await actions.replay(
+                    pool,
+                    publisher,
+                    saga_config(settings).schema("dlq"),
+                    flt,
+                    actor=_actor(settings),
+                    dry_run=dry_run,
+                    rate=per_second,
+                    saga_status=_saga_status(pool, settings),
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+
+    report = asyncio.run(_with_pool(settings, work))
+    if json_output:
+        emit_json({"dry_run": report.dry_run, "sent": report.sent, "seconds": round(report.seconds, 2),
+                   "items": [asdict(i) for i in report.items]})  # fmt: skip
+        return
+    table = Table("id", "group", "lane", "event", "saga", "saga status")
+    for i in report.items[:100]:
+        event = (i.event_type or "?").removeprefix("io.sagaline.")
+        table.add_row(str(i.id), i.group, i.lane, event, i.saga_id or "", i.saga_status or "unknown")
+    out.print(table)
+    verb = "would send" if dry_run else "sent"
+    out.print(
+        f"{verb} {len(report.items) if dry_run else report.sent} dead letter(s) in {report.seconds:.1f}s"
+    )
+
+
+@app.command()
+def edit(
+    dead_letter_id: int = typer.Argument(..., metavar="REF", help="Dead-letter id."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="Corrected JSON payload; '-' for stdin."),
+    type_name: str | None = typer.Option(
+        None, "--type", help="Message type, when the record has no ce_type."
+    ),
+    json_output: bool = JSON,
+) -> None:
+    """Send a corrected payload (validated first; new event id linked to the original) to the
+    failing group and mark the original resolved. Without --file, opens $EDITOR."""
+    settings = Settings()
+    text = _corrected_text(settings, dead_letter_id, file)
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"the corrected payload is not JSON: {exc}")
+
+    async def work(ends: Any, pool: asyncpg.Pool[Any]) -> actions.EditReport:
+        async with Publisher(ends.kafka, source="/sagaline/dlq") as publisher:
+            return await actions.edit(
+                pool, publisher, saga_config(settings).schema("dlq"), dead_letter_id, payload,
+                actor=_actor(settings), type_name=type_name,
+            )  # fmt: skip
+
+    try:
+        report = asyncio.run(_with_pool(settings, work))
+    except actions.EditRefused as exc:
+        if json_output:
+            emit_json(
+                {
+                    "sent": False,
+                    "reason": str(exc),
+                    "errors": [{"path": p, "problem": m} for p, m in exc.errors],
+                }
+            )
+            raise typer.Exit(1) from None
+        fail(f"refused, nothing sent: {exc}")
+    if json_output:
+        emit_json({"sent": True, **asdict(report)})
+    else:
+        out.print(
+            f"sent corrected {report.new_event_id} to {report.lane}; dead letter {report.entry_id} resolved"
+        )
+
+
+def _corrected_text(settings: Settings, dead_letter_id: int, file: Path | None) -> str:
+    if file is not None:
+        return sys.stdin.read() if str(file) == "-" else file.read_text()
+    editor = os.environ.get("EDITOR")
+    if not editor:
+        fail("give the corrected payload with --file (or set $EDITOR)", code=2)
+
+    async def work(_: Any, pool: asyncpg.Pool[Any]) -> bytes:
+        async with pool.acquire() as conn:
+            found = await store.select(
+                conn, saga_config(settings).schema("dlq"), store.Filter(ids=(dead_letter_id,)), full=True
+            )
+        if not found:
+            fail(f"no dead letter {dead_letter_id}")
+        return found[0].value or b""
+
+    original = asyncio.run(_with_pool(settings, work))
+    with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as handle:
+        try:
+            handle.write(json.dumps(json.loads(original), indent=2))
+        except ValueError:
+            handle.write(original.decode("utf-8", errors="replace"))
+        path = handle.name
+    subprocess.run([*editor.split(), path], check=True)
+    return Path(path).read_text()
+
+
+def _bulk(action: str) -> Any:
+    def command(
+        ids: list[int] = IDS,
+        group: str | None = GROUP,
+        source_topic: str | None = SOURCE,
+        event_type: str | None = EVENT,
+        exception_type: str | None = EXCEPTION,
+        saga_id: str | None = SAGA,
+        since: datetime | None = SINCE,
+        until: datetime | None = UNTIL,
+        status: list[str] = typer.Option([], "--status", help="Only entries in these statuses."),
+        yes: bool = typer.Option(False, "--yes", help="Confirm: required."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Count what would change; change nothing."),
+        json_output: bool = JSON,
+    ) -> None:
+        flt = _filter(ids, group, source_topic, event_type, exception_type, saga_id, since, until, status)
+        if not yes and not dry_run:
+            fail(f"{action} changes the index: add --yes (or --dry-run to count first)", code=2)
+        settings = Settings()
+
+        async def work(_: Any, pool: asyncpg.Pool[Any]) -> int:
+            schema = saga_config(settings).schema("dlq")
+            if action == "purge":
+                return await actions.purge(pool, schema, flt, actor=_actor(settings), dry_run=dry_run)
+            return await actions.set_status(
+                pool, schema, flt, actor=_actor(settings), status="archived", dry_run=dry_run
+            )
+
+        changed = asyncio.run(_with_pool(settings, work))
+        if json_output:
+            emit_json({"action": action, "dry_run": dry_run, "count": changed})
+        else:
+            out.print(f"{'would ' + action if dry_run else action + 'd'} {changed} dead letter(s)")
+
+    command.__doc__ = {
+        "archive": "Mark dead letters archived (kept, hidden from the default views). Requires --yes.",
+        "purge": "Delete dead letters from the index (Kafka keeps them until retention). Requires --yes.",
+    }[action]
+    return command
+
+
+app.command("archive")(_bulk("archive"))
+app.command("purge")(_bulk("purge"))
