@@ -26,7 +26,7 @@ class Child:
 
 class Platform:
     def __init__(
-        self, ends: Endpoints, log_dir: Path, base_port: int, services: tuple[str, ...] = SERVICES
+        self, ends: Endpoints, log_dir: Path, base_port: int, services: tuple[str, ...] = (*SERVICES, "dlq")
     ) -> None:
         self.ends = ends
         self.log_dir = log_dir

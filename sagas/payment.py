@@ -28,11 +28,29 @@ def payment_id(order_id: str) -> str:
 async def on_placed(ctx: HandlerContext, placed: m.OrderPlaced) -> None:
     await ctx.lock(placed.order_id)
     payments = qualified(ctx.schema, "payments")
-    existing = await ctx.conn.fetchrow(
-        f"SELECT status FROM {payments} WHERE order_id = $1 FOR UPDATE", placed.order_id
-    )
+    existing = await ctx.conn.fetchval(f"SELECT status FROM {payments} WHERE order_id = $1", placed.order_id)
+    if existing == "voided":
+        # The cancellation overtook this order (a retry lane or a dead letter delayed it):
+        # never charge, but answer, so the order learns how its payment ended.
+        await ctx.conn.execute(
+            f"UPDATE {payments} SET status = 'declined', customer_id = $2, currency = $3, amount_minor = $4,"
+            " updated_at = clock_timestamp() WHERE order_id = $1",
+            placed.order_id,
+            placed.customer_id,
+            placed.total.currency,
+            placed.total.amount_minor,
+        )
+        await ctx.emit(
+            m.PaymentFailed(
+                order_id=placed.order_id,
+                customer_id=placed.customer_id,
+                amount=placed.total,
+                reason="order cancelled before payment",
+            )
+        )
+        return
     if existing is not None:
-        return  # already charged, declined or voided: at most one charge per order
+        return  # already charged or declined: at most one charge per order
     amount = placed.total.amount_minor
     charged = await ctx.conn.fetchval(
         f"UPDATE {qualified(ctx.schema, 'accounts')} SET balance_minor = balance_minor - $2"

@@ -272,3 +272,38 @@ async def test_the_cli_lists_groups_shows_archives_and_purges(
     bad = _cli(operator, "replay", "--group", group, "--rate", "fast")
     assert bad.returncode == 2
     assert "not a rate like 50/s" in bad.stderr
+
+
+async def test_a_replay_after_the_deadline_is_answered_never_charged_and_the_saga_ends(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str
+) -> None:
+    """Setup: payment dead-letters every charge (bad migration). Fault: the order's payment
+    deadline passes meanwhile, so the cancellation reaches payment before the charge does.
+    Validate: after the fix, the replayed charge is refused as cancelled, the order ends
+    CANCELLED, nobody is charged, the invariants hold."""
+    saga = SagaPlatform(kafka, postgres_dsn, unique, payment_timeout_s=2.0)
+    await saga.setup([("alice", 100_000)], [("mug", 100)])
+    op = Operator(saga)
+    await op.start_indexer()
+    try:
+        await saga.scalar("ALTER TABLE {payment}.accounts RENAME TO accounts_old")
+        await saga.start()
+        await saga.publish(order("o-late"))
+        [entry] = await op.wait_entries(1, group=saga.config.group("payment"))
+        await saga.wait_status("o-late", "CANCELLING", timeout_s=30)
+        await saga.scalar("ALTER TABLE {payment}.accounts_old RENAME TO accounts")
+        await op.replay(store.Filter(ids=(entry.id,)))
+        result = await saga.wait_status("o-late", "CANCELLED")
+        assert (result["cancel_reason"], result["payment"]) == ("deadline_expired", "failed")
+        assert (
+            await saga.scalar("SELECT status FROM {payment}.payments WHERE order_id = 'o-late'") == "declined"
+        )
+        assert (
+            await saga.scalar("SELECT balance_minor FROM {payment}.accounts WHERE customer_id = 'alice'")
+            == 100_000
+        )
+        report = await saga.invariants()
+        assert report.ok, report.violations
+    finally:
+        await op.close()
+        await saga.close()
