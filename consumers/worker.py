@@ -201,37 +201,29 @@ class Worker:
                 if outcome.envelope
                 else f"{record.topic}:{record.partition}:{record.offset}"
             )
-            if outcome.kind == "retry" and next_lane <= len(self.lanes.delays_s):
-                delay_s = self.lanes.delays_s[next_lane - 1]
-                due = int(outcome.failure.at.timestamp() * 1000 + delay_s * 1000)
-                lane_record = failed_record(
-                    record.key,
-                    record.value,
-                    list(record.headers),
-                    origin=outcome.origin,
-                    group=self.group,
-                    failure=outcome.failure,
-                    saga_id=saga_id,
-                    lane="retry",
-                    due_ms=due,
-                )
-                sends.append((self.lanes.retry_topic(next_lane), lane_record, event_id))
-                if self.metrics:
-                    self.metrics.retried.labels(self.group, str(next_lane)).inc()
-            else:
-                lane_record = failed_record(
-                    record.key,
-                    record.value,
-                    list(record.headers),
-                    origin=outcome.origin,
-                    group=self.group,
-                    failure=outcome.failure,
-                    saga_id=saga_id,
-                    lane="dlt",
-                )
-                sends.append((self.lanes.dlt, lane_record, event_id))
-                if self.metrics:
-                    self.metrics.dead_lettered.labels(self.group, outcome.failure.failure_class).inc()
+            to_retry = outcome.kind == "retry" and next_lane <= len(self.lanes.delays_s)
+            due = None
+            if to_retry:
+                due = int((outcome.failure.at.timestamp() + self.lanes.delays_s[next_lane - 1]) * 1000)
+            lane_record = failed_record(
+                record.key,
+                record.value,
+                list(record.headers),
+                origin=outcome.origin,
+                group=self.group,
+                failure=outcome.failure,
+                saga_id=saga_id,
+                lane="retry" if to_retry else "dlt",
+                due_ms=due,
+            )
+            sends.append(
+                (self.lanes.retry_topic(next_lane) if to_retry else self.lanes.dlt, lane_record, event_id)
+            )
+            if self.metrics and to_retry:
+                self.metrics.retried.labels(self.group, str(next_lane)).inc()
+            elif self.metrics:
+                self.metrics.dead_lettered.labels(self.group, outcome.failure.failure_class).inc()
+            if not to_retry:
                 log.warning(
                     "%s: dead-lettered %s[%d]@%d: %s",
                     self.group,

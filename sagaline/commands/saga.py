@@ -23,15 +23,7 @@ app = typer.Typer(
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-STATUSES = (
-    "REQUESTED",
-    "PENDING_PAYMENT",
-    "AWAITING_STOCK",
-    "CONFIRMED",
-    "CANCELLING",
-    "CANCELLED",
-    "REJECTED",
-)
+STATUSES = tracker.STATUS_ORDER
 
 
 def parse_duration(text: str) -> timedelta:

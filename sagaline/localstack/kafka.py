@@ -147,7 +147,8 @@ def write_config(node: KafkaNode, cluster: list[KafkaNode]) -> None:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: a UUID in URL-safe base64 without padding."""
+    """A KRaft cluster id: a UUID in URL-safe base64 without padding (it may start with "-",
+    so it is always passed as `--cluster-id=ID`)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
@@ -177,8 +178,7 @@ def format_storage(libs: Path, node: KafkaNode, cluster_id: str) -> None:
             "256m",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            f"--cluster-id={cluster_id}",
             "-c",
             str(node.config),
         ),

@@ -65,3 +65,16 @@ def test_up_is_idempotent_status_reports_versions_and_down_leaves_nothing(unique
     finally:
         _cli(env, "dev", "down")
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
+    """URL-safe base64 ids start with '-' one time in 64; the storage tool must not read it as a flag."""
+    from sagaline.localstack import kafka
+
+    libs, _ = kafka.ensure_jars(
+        Path(os.environ.get("SAGALINE_CACHE_DIR", Path.home() / ".cache" / "sagaline"))
+    )
+    [node] = kafka.nodes_for(tmp_path, 1, 59092)
+    kafka.write_config(node, [node])
+    kafka.format_storage(libs, node, "-" + kafka.new_cluster_id()[1:])
+    assert "cluster.id=-" in (node.data_dir / "meta.properties").read_text()
