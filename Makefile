@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo platform test unit lint up down status chaos bench clean
+.PHONY: demo platform test unit fix lint up down status chaos bench clean
 
 $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: lint
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+## fix: format and apply safe lint fixes, then check
+fix: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/mypy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

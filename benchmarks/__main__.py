@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import codec, consumer, relay
+from benchmarks import codec, consumer, relay, saga
 
-BENCHMARKS = {"codec": codec.run, "relay": relay.run, "consumer": consumer.run}
+BENCHMARKS = {"codec": codec.run, "relay": relay.run, "consumer": consumer.run, "saga": saga.run}
 
 
 def main() -> None:
