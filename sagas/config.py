@@ -3,8 +3,16 @@ a prefix gives tests (or tenants) their own schemas, groups and topics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import asyncpg
+
+from consumers.handlers import Handlers
+from consumers.spec import WorkerSpec
+from producers import migrate
+from producers.db import DbConnection
 from schemas.topics import TopicMap
 
 SERVICES = ("order", "payment", "inventory", "tracker")
@@ -28,3 +36,31 @@ class SagaConfig:
 
     def source(self, service: str) -> str:
         return f"/sagaline/{service}"
+
+    def worker_spec(
+        self,
+        service: str,
+        *,
+        subscribe: tuple[str, ...],
+        build_handlers: Callable[[asyncpg.Pool[Any]], Handlers],
+        **options: Any,
+    ) -> WorkerSpec:
+        """A service's worker: its schema (migrated from `sagas/migrations/<service>/`), group,
+        source and retry lanes named the one way every service names them."""
+        schema = self.schema(service)
+
+        async def run_migrations(conn: DbConnection) -> None:
+            await migrate.migrate(conn, schema, migrate.load(service))
+
+        return WorkerSpec(
+            name=service,
+            group=self.group(service),
+            schema=schema,
+            source=self.source(service),
+            topics=self.topics,
+            subscribe=subscribe,
+            build_handlers=build_handlers,
+            migrate=run_migrations,
+            delays_s=self.retry_delays_s,
+            **options,
+        )

@@ -11,8 +11,7 @@ import asyncpg
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
-from producers import migrate
-from producers.db import DbConnection, qualified
+from producers.db import qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
 from schemas.values import StockLine
@@ -107,20 +106,9 @@ def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
 
 
 def spec(config: SagaConfig) -> WorkerSpec:
-    schema = config.schema("inventory")
-
-    async def run_migrations(conn: DbConnection) -> None:
-        await migrate.migrate(conn, schema, migrate.load("inventory"))
-
-    return WorkerSpec(
-        name="inventory",
-        group=config.group("inventory"),
-        schema=schema,
-        source=config.source("inventory"),
-        topics=config.topics,
+    return config.worker_spec(
+        "inventory",
         subscribe=(config.topics.orders, config.topics.payments),
         build_handlers=build_handlers,
-        migrate=run_migrations,
-        delays_s=config.retry_delays_s,
         transaction_per_message=True,  # hot rows (stock) would chain locks across a batch
     )

@@ -18,7 +18,7 @@ import asyncpg
 from consumers.errors import PermanentError
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
-from producers import migrate, outbox
+from producers import outbox
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from sagas.order_state import Decision, Order, Timeouts, decide, expire, place
@@ -177,20 +177,9 @@ async def _expire_due(pool: asyncpg.Pool[Any], schema: str, table: str, config: 
 
 
 def spec(config: SagaConfig) -> WorkerSpec:
-    schema = config.schema("order")
-
-    async def run_migrations(conn: DbConnection) -> None:
-        await migrate.migrate(conn, schema, migrate.load("order"))
-
-    return WorkerSpec(
-        name="order",
-        group=config.group("order"),
-        schema=schema,
-        source=config.source("order"),
-        topics=config.topics,
+    return config.worker_spec(
+        "order",
         subscribe=(config.topics.ingress, config.topics.payments, config.topics.inventory),
         build_handlers=build_handlers(config),
-        migrate=run_migrations,
-        delays_s=config.retry_delays_s,
         background=(deadline_loop(config),),
     )

@@ -13,7 +13,6 @@ import asyncpg
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
-from producers import migrate
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
@@ -167,20 +166,9 @@ def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
 
 
 def spec(config: SagaConfig) -> WorkerSpec:
-    schema = config.schema("payment")
-
-    async def run_migrations(conn: DbConnection) -> None:
-        await migrate.migrate(conn, schema, migrate.load("payment"))
-
-    return WorkerSpec(
-        name="payment",
-        group=config.group("payment"),
-        schema=schema,
-        source=config.source("payment"),
-        topics=config.topics,
+    return config.worker_spec(
+        "payment",
         subscribe=(config.topics.orders, config.topics.inventory),
         build_handlers=build_handlers,
-        migrate=run_migrations,
-        delays_s=config.retry_delays_s,
         transaction_per_message=True,  # hot rows (accounts) would chain locks across a batch
     )

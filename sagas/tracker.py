@@ -15,7 +15,6 @@ import asyncpg
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
-from producers import migrate
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
@@ -104,22 +103,11 @@ def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
 
 
 def spec(config: SagaConfig) -> WorkerSpec:
-    schema = config.schema("tracker")
-
-    async def run_migrations(conn: DbConnection) -> None:
-        await migrate.migrate(conn, schema, migrate.load("tracker"))
-
     topics = config.topics
-    return WorkerSpec(
-        name="tracker",
-        group=config.group("tracker"),
-        schema=schema,
-        source=config.source("tracker"),
-        topics=topics,
+    return config.worker_spec(
+        "tracker",
         subscribe=(topics.ingress, topics.orders, topics.payments, topics.inventory),
         build_handlers=build_handlers,
-        migrate=run_migrations,
-        delays_s=config.retry_delays_s,
         run_relay=False,
     )
 
