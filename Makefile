@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo platform test unit fix lint up down status chaos bench clean
+.PHONY: demo platform test test-containers unit fix lint up down status chaos bench clean
 
 $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,15 @@ platform: $(STAMP)
 
 ## test: lint, type-check, then every test tier except chaos (real Kafka + PostgreSQL)
 test: lint
-	$(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+	SAGALINE_TEST_BACKEND=$${SAGALINE_TEST_BACKEND:-auto} $(BIN)/python -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+## test-containers: the integration tier again, through testcontainers on locally built images
+CONTAINER_ENV := SAGALINE_TEST_BACKEND=testcontainers SAGALINE_TEST_KAFKA_IMAGE=sagaline/kafka:3.9.2 \
+	SAGALINE_TEST_POSTGRES_IMAGE=sagaline/postgres:15 TESTCONTAINERS_RYUK_DISABLED=true \
+	TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
+test-containers: $(STAMP)
+	tools/containers/build-images.sh
+	$(CONTAINER_ENV) $(BIN)/python -m pytest tests/integration -m "not chaos" $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

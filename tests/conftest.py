@@ -2,7 +2,8 @@
 
 1. `SAGALINE_TEST_KAFKA_BOOTSTRAP` / `SAGALINE_TEST_POSTGRES_DSN` when set (already running);
 2. testcontainers when a Docker engine answers (`SAGALINE_TEST_KAFKA_IMAGE`,
-   `SAGALINE_TEST_POSTGRES_IMAGE` pick the images);
+   `SAGALINE_TEST_POSTGRES_IMAGE` pick the images; `SAGALINE_TEST_BACKEND=local` or
+   `=testcontainers` forces a choice);
 3. otherwise sagaline's own local stack (Kafka from its jars, PostgreSQL via initdb/pg_ctl),
    in `.sagaline/test-stack` on its own ports, stopped at the end if this session started it.
 
@@ -50,7 +51,10 @@ class _Backends:
     def ensure(self) -> None:
         if self.kafka_bootstrap and self.postgres_dsn:
             return
-        if containers.docker_available() and os.environ.get("SAGALINE_TEST_BACKEND") != "local":
+        choice = os.environ.get("SAGALINE_TEST_BACKEND", "auto")
+        if choice == "testcontainers" and not containers.docker_available():
+            raise RuntimeError("SAGALINE_TEST_BACKEND=testcontainers but no Docker engine answers")
+        if choice == "testcontainers" or (choice == "auto" and containers.docker_available()):
             self.mode = "testcontainers"
             if not self.kafka_bootstrap:
                 kafka_container, self.kafka_bootstrap = containers.start_kafka()

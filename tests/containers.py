@@ -42,15 +42,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _bind_loopback(container: Any, container_port: int, host_port: int) -> None:
+    """Publish the port on 127.0.0.1 only (docker-py's (host ip, port) form, which
+    testcontainers' with_bind_ports does not accept)."""
+    container.ports[str(container_port)] = ("127.0.0.1", host_port)
+
+
 def start_kafka() -> tuple[Any, str]:
     """The official apache/kafka image: single-node KRaft, advertised on a fixed host port."""
     from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
     port = _free_port()
     container = (
         DockerContainer(KAFKA_IMAGE)
-        .with_bind_ports(9092, port)
         .with_env("KAFKA_NODE_ID", "1")
         .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
         .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
@@ -64,18 +69,23 @@ def start_kafka() -> tuple[Any, str]:
         .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
         .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
     )
-    container.start()
-    wait_for_logs(container, "Kafka Server started", timeout=120)
+    _bind_loopback(container, 9092, port)
+    container.waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
+    try:
+        container.start()
+    except Exception:
+        container.stop()
+        raise
     return container, f"127.0.0.1:{port}"
 
 
 def start_postgres() -> tuple[Any, str]:
-    from testcontainers.postgres import PostgresContainer
+    from testcontainers.community.postgres import PostgresContainer
 
+    port = _free_port()
     container = PostgresContainer(
         POSTGRES_IMAGE, username="sagaline", password="sagaline", dbname="sagaline", driver=None
     )
+    _bind_loopback(container, 5432, port)
     container.start()
-    host = os.environ.get("TESTCONTAINERS_HOST_OVERRIDE", container.get_container_host_ip())
-    port = container.get_exposed_port(5432)
-    return container, f"postgresql://sagaline:sagaline@{host}:{port}/sagaline"
+    return container, f"postgresql://sagaline:sagaline@127.0.0.1:{port}/sagaline"
