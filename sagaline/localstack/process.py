@@ -79,6 +79,8 @@ def stop_all(targets: Sequence[tuple[Path, str]], timeout_s: float = 30.0) -> li
         if pid is not None and is_alive(pid, marker):
             running[pid] = (pid_file, marker)
         else:
+            if pid is not None:
+                _reap(pid)  # it exited on its own: collect its status if it was our child
             pid_file.unlink(missing_ok=True)
     for pid in running:
         os.kill(pid, signal.SIGTERM)
