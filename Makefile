@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo platform test test-containers unit fix lint up down status chaos bench clean
 
 $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
+	@tools/system-deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
@@ -32,6 +33,7 @@ CONTAINER_ENV := SAGALINE_TEST_BACKEND=testcontainers SAGALINE_TEST_KAFKA_IMAGE=
 	SAGALINE_TEST_POSTGRES_IMAGE=sagaline/postgres:15 TESTCONTAINERS_RYUK_DISABLED=true \
 	TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
 test-containers: $(STAMP)
+	@tools/system-deps.sh --containers
 	tools/containers/build-images.sh
 	$(CONTAINER_ENV) $(BIN)/python -m pytest tests/integration -m "not chaos" $(PYTEST_ARGS)
 

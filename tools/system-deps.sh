@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the system packages sagaline needs when they are missing (Debian, as root):
+#   (default)     Java 17, Maven, PostgreSQL, Python venv, Node.js/npm
+#   --containers  also docker.io, debootstrap, docker-compose (the testcontainers path)
+# Installs nothing when everything is there; without root it names what is missing.
+set -euo pipefail
+need=()
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+if [ "${1:-}" = "--containers" ]; then
+  command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing system packages: ${need[*]} (sudo apt-get install ${need[*]})" >&2
+  exit 3
+fi
+echo "installing ${need[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
