@@ -102,10 +102,21 @@ async def _drift(admin: AIOKafkaAdminClient, spec: TopicSpec, brokers: int) -> l
     return problems
 
 
-async def topic_configs(admin: AIOKafkaAdminClient, topic: str, names: list[str]) -> dict[str, str]:
-    """Effective values of the named topic configs (explicit or inherited from the broker)."""
-    [response] = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(names))]
-    )
-    [resource] = response.to_object()["resources"]
-    return {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+async def topic_configs(
+    admin: AIOKafkaAdminClient, topic: str, names: list[str], timeout_s: float = 10.0
+) -> dict[str, str]:
+    """Effective values of the named topic configs (explicit or inherited from the broker).
+    A broker that has not yet learnt of a new topic answers with an error: ask again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(names))]
+        )
+        [resource] = response.to_object()["resources"]
+        if resource["error_code"] == 0:
+            return {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"describe configs of {topic}: error {resource['error_code']} {resource['error_message']}"
+            )
+        await asyncio.sleep(0.25)
