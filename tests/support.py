@@ -6,9 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from producers import outbox
 from producers.admin import ensure_topics
 from producers.connection import KafkaConnection
 from schemas.codec import decode
@@ -71,3 +73,15 @@ async def wait_until(predicate: Any, timeout_s: float = 30.0, interval_s: float 
             return
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+async def stage_all(pool: asyncpg.Pool[Any], schema: str, topics: TopicMap, messages: list[Message]) -> None:
+    """Stage `messages` in the outbox of `schema`, in one transaction, as the order service would."""
+    async with pool.acquire() as conn, conn.transaction():
+        for message in messages:
+            await outbox.stage_message(conn, schema, message, source="/sagaline/order", topics=topics)
+
+
+async def pending_rows(pool: asyncpg.Pool[Any], schema: str) -> int:
+    count: int = await pool.fetchval(f'SELECT count(*) FROM "{schema}".outbox WHERE published_at IS NULL')
+    return count

@@ -19,7 +19,7 @@ from producers.relay import OutboxRelay, RelayOptions
 from schemas.messages import OrderConfirmed
 from schemas.topics import TopicMap
 from schemas.values import Money
-from tests.support import create_topic_map, decoded, read_all, wait_until
+from tests.support import create_topic_map, decoded, pending_rows, read_all, stage_all, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -37,19 +37,6 @@ async def pool(postgres_dsn: str, pg_schema: str) -> AsyncIterator[asyncpg.Pool[
 
 def confirmed(order_id: str, amount: int) -> OrderConfirmed:
     return OrderConfirmed(order_id=order_id, total=Money(amount_minor=amount, currency="EUR"))
-
-
-async def _stage(
-    pool: asyncpg.Pool[Any], schema: str, topics: TopicMap, messages: list[OrderConfirmed]
-) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        for message in messages:
-            await outbox.stage_message(conn, schema, message, source="/sagaline/order", topics=topics)
-
-
-async def _pending(pool: asyncpg.Pool[Any], schema: str) -> int:
-    count: int = await pool.fetchval(f'SELECT count(*) FROM "{schema}".outbox WHERE published_at IS NULL')
-    return count
 
 
 async def test_stage_needs_the_callers_transaction(pool: asyncpg.Pool[Any], pg_schema: str) -> None:
@@ -99,13 +86,13 @@ async def test_relay_publishes_in_order_marks_rows_and_reports_metrics(
 ) -> None:
     topics = await create_topic_map(kafka, f"ob{unique}.")
     staged = [confirmed(f"o-{i % 7}", i) for i in range(50)]
-    await _stage(pool, pg_schema, topics, staged)
+    await stage_all(pool, pg_schema, topics, staged)
     registry = CollectorRegistry()
     async with Publisher(kafka, source="/sagaline/relay") as publisher:
         relay = OutboxRelay(pool, publisher, pg_schema, metrics=RelayMetrics(registry))
         assert await relay.publish_pending() == 50
         assert await relay.publish_pending() == 0
-    assert await _pending(pool, pg_schema) == 0
+    assert await pending_rows(pool, pg_schema) == 0
     records = await read_all(kafka, topics.orders, at_least=50)
     envelopes = decoded(records)
     assert [e.data for e in envelopes if e.data.order_id == "o-3"] == [
@@ -132,10 +119,10 @@ async def test_notify_wakes_the_relay_long_before_its_poll_interval(
         relay = OutboxRelay(pool, publisher, pg_schema, options=RelayOptions(poll_interval_s=3600))
         running = asyncio.create_task(relay.run(stop))
         await asyncio.sleep(0.5)  # the relay has polled once and now waits
-        await _stage(pool, pg_schema, topics, [confirmed("o-n", 1)])
+        await stage_all(pool, pg_schema, topics, [confirmed("o-n", 1)])
 
         async def drained() -> bool:
-            return await _pending(pool, pg_schema) == 0
+            return await pending_rows(pool, pg_schema) == 0
 
         await wait_until(drained, timeout_s=20)
         stop.set()
@@ -149,7 +136,7 @@ async def test_prune_deletes_only_rows_published_before_the_retention(
     kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
 ) -> None:
     topics = await create_topic_map(kafka, f"pr{unique}.")
-    await _stage(pool, pg_schema, topics, [confirmed("o-1", 1), confirmed("o-2", 2)])
+    await stage_all(pool, pg_schema, topics, [confirmed("o-1", 1), confirmed("o-2", 2)])
     async with Publisher(kafka, source="/sagaline/relay") as publisher:
         relay = OutboxRelay(pool, publisher, pg_schema, options=RelayOptions(retention_s=3600))
         await relay.publish_pending()
@@ -157,7 +144,7 @@ async def test_prune_deletes_only_rows_published_before_the_retention(
             f"UPDATE \"{pg_schema}\".outbox SET published_at = now() - interval '2 hours' WHERE key = $1",
             b"o-1",
         )
-        await _stage(pool, pg_schema, topics, [confirmed("o-3", 3)])  # pending: never pruned
+        await stage_all(pool, pg_schema, topics, [confirmed("o-3", 3)])  # pending: never pruned
         assert await relay.prune() == 1
     keys = {bytes(r["key"]) for r in await pool.fetch(f'SELECT key FROM "{pg_schema}".outbox')}
     assert keys == {b"o-2", b"o-3"}

@@ -16,10 +16,9 @@ from producers.connection import KafkaConnection
 from producers.publisher import Ack, Publisher
 from producers.relay import OutboxRelay
 from schemas.messages import OrderConfirmed
-from schemas.topics import TopicMap
 from schemas.values import Money
 from tests.processes import CliProcess
-from tests.support import create_topic_map, decoded, read_all, wait_until
+from tests.support import create_topic_map, decoded, pending_rows, read_all, stage_all, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -40,19 +39,6 @@ def _sequenced(key_count: int, total: int) -> list[OrderConfirmed]:
         OrderConfirmed(order_id=f"k-{i % key_count}", total=Money(amount_minor=i, currency="EUR"))
         for i in range(total)
     ]
-
-
-async def _stage(
-    pool: asyncpg.Pool[Any], schema: str, topics: TopicMap, messages: list[OrderConfirmed]
-) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        for message in messages:
-            await outbox.stage_message(conn, schema, message, source="/sagaline/order", topics=topics)
-
-
-async def _pending(pool: asyncpg.Pool[Any], schema: str) -> int:
-    count: int = await pool.fetchval(f'SELECT count(*) FROM "{schema}".outbox WHERE published_at IS NULL')
-    return count
 
 
 def _relay(schema: str, kafka_bootstrap: str, postgres_dsn: str, log: Path) -> CliProcess:
@@ -76,23 +62,23 @@ async def test_relay_killed_mid_stream_publishes_everything_once_after_restart(
     topics = await create_topic_map(kafka, f"rk{unique}.")
     events = _sequenced(key_count=40, total=2000)
     for start in range(0, len(events), 500):
-        await _stage(pool, pg_schema, topics, events[start : start + 500])
-    assert await _pending(pool, pg_schema) == 2000
+        await stage_all(pool, pg_schema, topics, events[start : start + 500])
+    assert await pending_rows(pool, pg_schema) == 2000
 
     first = _relay(pg_schema, kafka_bootstrap, postgres_dsn, tmp_path / "relay1.log")
 
     async def some_published() -> bool:
-        return await _pending(pool, pg_schema) < 2000
+        return await pending_rows(pool, pg_schema) < 2000
 
     await wait_until(some_published, timeout_s=60)
     first.kill()
-    left_after_kill = await _pending(pool, pg_schema)
+    left_after_kill = await pending_rows(pool, pg_schema)
     assert 0 < left_after_kill < 2000, "the kill must land mid-stream"
 
     second = _relay(pg_schema, kafka_bootstrap, postgres_dsn, tmp_path / "relay2.log")
 
     async def drained() -> bool:
-        return await _pending(pool, pg_schema) == 0
+        return await pending_rows(pool, pg_schema) == 0
 
     await wait_until(drained, timeout_s=120)
     assert second.terminate() == 0, second.output()
@@ -112,7 +98,7 @@ async def test_a_crash_after_the_send_before_the_mark_resends_with_the_same_even
     before it marked them published. Validate: a new relay sends them again with the same
     event ids; deduplicated, each event is seen once; nothing stays pending."""
     topics = await create_topic_map(kafka, f"cm{unique}.")
-    await _stage(pool, pg_schema, topics, _sequenced(key_count=1, total=20))
+    await stage_all(pool, pg_schema, topics, _sequenced(key_count=1, total=20))
 
     class Crash(Exception):
         pass
@@ -124,9 +110,9 @@ async def test_a_crash_after_the_send_before_the_mark_resends_with_the_same_even
     async with Publisher(kafka, source="/sagaline/relay") as publisher:
         with pytest.raises(Crash):
             await OutboxRelay(pool, publisher, pg_schema, after_send=crash).publish_pending()
-        assert await _pending(pool, pg_schema) == 20
+        assert await pending_rows(pool, pg_schema) == 20
         assert await OutboxRelay(pool, publisher, pg_schema).publish_pending() == 20
-    assert await _pending(pool, pg_schema) == 0
+    assert await pending_rows(pool, pg_schema) == 0
 
     envelopes = decoded(await read_all(kafka, topics.orders, at_least=40))
     assert len(envelopes) == 40
@@ -155,11 +141,11 @@ async def test_two_relays_keep_per_key_order_over_thousands_of_events(
     relays = [_relay(pg_schema, kafka_bootstrap, postgres_dsn, tmp_path / f"relay{i}.log") for i in (1, 2)]
     events = _sequenced(key_count=80, total=4000)
     for start in range(0, len(events), 100):
-        await _stage(pool, pg_schema, topics, events[start : start + 100])
+        await stage_all(pool, pg_schema, topics, events[start : start + 100])
         await asyncio.sleep(0.02)
 
     async def drained() -> bool:
-        return await _pending(pool, pg_schema) == 0
+        return await pending_rows(pool, pg_schema) == 0
 
     await wait_until(drained, timeout_s=120)
     for relay in relays:
