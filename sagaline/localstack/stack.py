@@ -201,10 +201,15 @@ async def _poll_kafka_ready(bootstrap: str, nodes: list[kafka.KafkaNode], timeou
             tail = _tail(dead[0].log_file) or _tail(dead[0].home / "logs" / "stdout.log")
             raise RuntimeError(f"kafka node {dead[0].node_id} exited during start-up: {tail}")
         try:
-            info = await _describe_cluster(bootstrap, timeout_ms=3000)
-            if len(info["brokers"]) == len(nodes):
+            # Each node is asked on its own: every broker's metadata must list every broker as
+            # alive, or a new topic's replicas would look short to clients of the late one.
+            for node in nodes:
+                info = await _describe_cluster(f"127.0.0.1:{node.port}", timeout_ms=3000)
+                if len(info["brokers"]) != len(nodes):
+                    last_error = f"node {node.node_id} sees {len(info['brokers'])}/{len(nodes)} brokers"
+                    break
+            else:
                 return
-            last_error = f"{len(info['brokers'])}/{len(nodes)} brokers registered"
         except Exception as exc:  # not up yet: keep polling until the deadline
             last_error = f"{type(exc).__name__}: {exc}"
         await asyncio.sleep(0.5)
