@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo platform test test-containers unit fix lint up down status chaos bench clean
+.PHONY: demo platform test test-containers compose-demo unit fix lint up down status chaos bench clean
 
 $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@tools/system-deps.sh
@@ -36,6 +36,11 @@ test-containers: $(STAMP)
 	@tools/system-deps.sh --containers
 	tools/containers/build-images.sh
 	$(CONTAINER_ENV) $(BIN)/python -m pytest tests/integration -m "not chaos" $(PYTEST_ARGS)
+
+## compose-demo: compose.yaml up on locally built images, 1,000 orders + invariants, down clean
+compose-demo: $(STAMP)
+	@tools/system-deps.sh --containers
+	tools/containers/compose-demo.sh
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

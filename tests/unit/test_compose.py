@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
-COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+LOCAL = ROOT / "tools" / "containers" / "compose.local.yaml"
+BUILD_IMAGES = ROOT / "tools" / "containers" / "build-images.sh"
 
 
-def _services() -> dict[str, Any]:
-    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
+def _services(path: Path = COMPOSE) -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load(path.read_text())["services"]
     return services
 
 
@@ -47,10 +50,32 @@ def test_no_port_binds_a_public_interface() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} binds every interface"
 
 
+def test_the_local_override_only_swaps_images_for_ones_built_here() -> None:
+    local, base = _services(LOCAL), _services()
+    assert set(local) <= set(base), "the override must not add services"
+    built = BUILD_IMAGES.read_text()
+    for name, service in local.items():
+        if "image" in service:
+            image = service["image"]
+            assert image.startswith("sagaline/"), f"{name}: {image} would need a registry"
+            assert f"sagaline/{image.split('/', 1)[1].split(':')[0]}:" in built, (
+                f"{name}: {image} is not built"
+            )
+    # every registry image left in compose.yaml is either swapped or kept out of the default profile
+    for name, service in base.items():
+        image = service.get("image", "")
+        if image and not image.startswith("sagaline"):
+            override = local.get(name, {})
+            assert "image" in override or "registry" in override.get("profiles", []), name
+    assert local["topics"]["build"]["args"]["BASE"] == "sagaline/python:3.11"
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-def test_docker_compose_accepts_the_file() -> None:
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, LOCAL]], ids=["compose", "compose+local"])
+def test_docker_compose_accepts_the_files(files: list[Path]) -> None:
+    args = [arg for path in files for arg in ("-f", str(path))]
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+        ["docker-compose", *args, "config", "-q"],
         capture_output=True,
         text=True,
         timeout=60,

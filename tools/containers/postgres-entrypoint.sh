@@ -17,4 +17,7 @@ if [ ! -s "$data/PG_VERSION" ]; then
   fi
   su postgres -s /bin/sh -c "$bin/pg_ctl -D $data -w stop"
 fi
-exec su postgres -s /bin/sh -c "exec $bin/postgres -D $data -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql"
+# postgres itself becomes PID 1 (as the official image's gosu does), so `docker stop` reaches it
+# directly and a clean shutdown exits 0.
+exec setpriv --reuid=postgres --regid=postgres --init-groups \
+  "$bin/postgres" -D "$data" -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql
