@@ -8,6 +8,7 @@ from typing import Any
 
 from producers import outbox
 from producers.db import DbConnection
+from producers.tracing import current_trace_context
 from schemas.envelope import Envelope
 from schemas.messages import Message
 from schemas.topics import TopicMap
@@ -32,8 +33,18 @@ class HandlerContext:
         await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.schema}:{key}")
 
     async def emit(self, message: Message) -> Envelope[Message]:
+        """Stage `message` in the outbox, caused by the message being handled and carrying the
+        current (processing) span's trace context."""
+        traceparent, tracestate = current_trace_context()
         staged = await outbox.stage_message(
-            self.conn, self.schema, message, source=self.source, topics=self.topics, caused_by=self.envelope
+            self.conn,
+            self.schema,
+            message,
+            source=self.source,
+            topics=self.topics,
+            caused_by=self.envelope,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         self.emitted.append(staged)
         return staged

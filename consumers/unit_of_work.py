@@ -11,23 +11,29 @@ commit together, and a duplicate finds its inbox row and changes nothing.
 - A failure that breaks the transaction itself (connection lost) retries the whole batch;
   when that budget runs out too, every message of the batch goes to the retry lane.
 - A permanent failure (undecodable, invalid, a handler bug) goes to the dead-letter lane.
+
+Every handler call runs in a `process {topic}` span (consumers.tracing), so a message redone
+on the careful path shows as two attempts in its trace.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
+from opentelemetry.trace import Span
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from consumers import inbox
 from consumers.errors import classify
 from consumers.handlers import HandlerContext, Handlers
 from consumers.lanes import Failure, Origin, origin_of
+from consumers.tracing import process_span
 from producers.db import DbConnection
 from schemas.codec import decode
 from schemas.envelope import Envelope
@@ -190,7 +196,8 @@ class UnitOfWork:
                     handler = self.handlers.get(type(envelope.data))
                     assert handler is not None
                     ctx = HandlerContext(conn, self.schema, self.group, self.source, self.topics, envelope)
-                    await handler(ctx, envelope.data)
+                    with self._span(outcome):
+                        await handler(ctx, envelope.data)
                     outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
             return True
         except Exception as exc:
@@ -225,7 +232,8 @@ class UnitOfWork:
                         if not claimed:
                             outcome.kind, outcome.emitted = "duplicate", []
                             return
-                        await handler(ctx, envelope.data)
+                        with self._span(outcome):
+                            await handler(ctx, envelope.data)
                     outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
         except Exception as exc:
             if conn.is_closed():
@@ -233,6 +241,18 @@ class UnitOfWork:
             failure = _failure(exc)
             outcome.kind = "retry" if failure.failure_class == "transient" else "dead_letter"
             outcome.failure, outcome.emitted = failure, []
+
+    def _span(self, outcome: Outcome) -> AbstractContextManager[Span]:
+        """The handler's processing span (consumers.tracing): one per attempt."""
+        assert outcome.envelope is not None
+        record = outcome.record
+        return process_span(
+            outcome.envelope,
+            group=self.group,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
 
 
 def _failure(exc: BaseException) -> Failure:

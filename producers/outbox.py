@@ -82,8 +82,14 @@ async def stage_message(
     source: str,
     topics: TopicMap,
     caused_by: Envelope[Message] | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> Envelope[Message]:
-    envelope: Envelope[Message] = Envelope.new(message, source, caused_by=caused_by)
+    """Wrap `message` in a new envelope (trace context: the one given, else the cause's) and
+    stage it."""
+    envelope: Envelope[Message] = Envelope.new(
+        message, source, caused_by=caused_by, traceparent=traceparent, tracestate=tracestate
+    )
     await stage(conn, schema, envelope, topics)
     return envelope
 

@@ -48,11 +48,18 @@ class Settings(BaseSettings):
     postgres_pool_max: int = Field(default=10, ge=1)
 
     # --- Service / operations --------------------------------------------------------
-    service_name: str = "sagaline"
+    service_name: str = Field(
+        default="sagaline", description="Prefix of `service.name` in traces (`sagaline-order`, ...)."
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     shutdown_deadline_s: float = Field(default=20.0, gt=0)
     log_level: str = "INFO"
+    traces_exporter: Literal["none", "otlp", "console"] = Field(
+        default="none",
+        description="Where spans go: nowhere (trace context still propagates), OTLP over HTTP "
+        "(endpoint from OTEL_EXPORTER_OTLP_ENDPOINT), or the console (stderr).",
+    )
 
     # --- The saga ----------------------------------------------------------------------
     saga_prefix: str = Field(

@@ -81,15 +81,18 @@ class Envelope(BaseModel, Generic[M]):
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> Envelope[M]:
-        """Wrap `data`; saga and causation come from the envelope that caused it, if any."""
+        """Wrap `data`; saga and causation come from the envelope that caused it, if any, and
+        so does the trace context unless one is given (traceparent and tracestate go together)."""
         idempotency_key = data.idempotency_key if isinstance(data, Command) else None
+        if traceparent is None and caused_by is not None:
+            traceparent, tracestate = caused_by.traceparent, caused_by.tracestate
         return cls(
             id=request_event_id(data) if isinstance(data, Command) else new_event_id(),
             source=source,
             saga_id=caused_by.saga_id if caused_by else data.order_id,
             causation_id=caused_by.id if caused_by else None,
             idempotency_key=idempotency_key,
-            traceparent=traceparent or (caused_by.traceparent if caused_by else None),
-            tracestate=tracestate or (caused_by.tracestate if caused_by else None),
+            traceparent=traceparent,
+            tracestate=tracestate,
             data=data,
         )

@@ -14,6 +14,7 @@ from producers.errors import PublishValidationError
 from producers.publisher import Ack, Publisher, parse_payload
 from sagaline.bootstrap import endpoints
 from sagaline.console import emit_json, err, out
+from sagaline.runtime import configure_tracing
 from sagaline.settings import Settings
 from schemas.topics import TopicMap
 
@@ -37,12 +38,18 @@ def publish(
     except PublishValidationError as exc:
         _invalid(str(exc), exc.errors, json_output)
 
+    settings = Settings()
+
     async def send() -> Ack:
-        ends = await endpoints(Settings(), start_local=False)
+        ends = await endpoints(settings, start_local=False)
         async with Publisher(ends.kafka, source=source, topics=TopicMap(prefix=prefix)) as publisher:
             return await publisher.publish(message)
 
-    ack = asyncio.run(send())
+    stop_tracing = configure_tracing(settings, "publish")
+    try:
+        ack = asyncio.run(send())
+    finally:
+        stop_tracing()
     if json_output:
         emit_json({"published": True, **asdict(ack)})
     else:

@@ -15,7 +15,7 @@ from producers.publisher import Publisher
 from producers.relay import OutboxRelay, RelayOptions
 from sagaline.bootstrap import create_pool, endpoints
 from sagaline.ops import OpsServer
-from sagaline.runtime import configure_logging, stop_event_on_signals
+from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
 from sagaline.settings import Settings
 
 log = logging.getLogger("sagaline.relay")
@@ -43,14 +43,18 @@ def relay(
             raise typer.BadParameter(str(exc), param_hint="--schema") from None
     settings = Settings()
     configure_logging(settings.log_level)
-    asyncio.run(
-        _run(
-            settings,
-            schemas,
-            RelayOptions(batch_size=batch_size, poll_interval_s=poll_interval),
-            metrics_port,
+    stop_tracing = configure_tracing(settings, "relay")
+    try:
+        asyncio.run(
+            _run(
+                settings,
+                schemas,
+                RelayOptions(batch_size=batch_size, poll_interval_s=poll_interval),
+                metrics_port,
+            )
         )
-    )
+    finally:
+        stop_tracing()
 
 
 async def _run(

@@ -12,7 +12,7 @@ from producers.admin import ensure_topics
 from sagaline.bootstrap import endpoints, saga_config
 from sagaline.console import fail, out
 from sagaline.platform import Platform
-from sagaline.runtime import configure_logging, stop_event_on_signals
+from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
 from sagaline.service import serve
 from sagaline.settings import Settings
 from sagas.services import SPECS
@@ -35,11 +35,15 @@ def worker(
     settings = Settings()
     configure_logging(settings.log_level)
     spec = SPECS[name.value](saga_config(settings))
+    stop_tracing = configure_tracing(settings, name.value)
 
     async def run() -> None:
         await serve(settings, spec, stop_event_on_signals(), metrics_port)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        stop_tracing()
 
 
 def up(

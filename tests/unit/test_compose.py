@@ -68,6 +68,10 @@ def test_the_local_override_only_swaps_images_for_ones_built_here() -> None:
             override = local.get(name, {})
             assert "image" in override or "registry" in override.get("profiles", []), name
     assert local["topics"]["build"]["args"]["BASE"] == "sagaline/python:3.11"
+    # Jaeger does not run there, so no service may try to export spans to it
+    for name, service in base.items():
+        if service.get("environment", {}).get("SAGALINE_TRACES_EXPORTER", "none") != "none":
+            assert local[name]["environment"]["SAGALINE_TRACES_EXPORTER"] == "none", name
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")

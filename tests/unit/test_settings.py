@@ -51,3 +51,9 @@ def test_secrets_never_appear_in_repr_or_connection_repr() -> None:
 def test_kafka_without_bootstrap_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="SAGALINE_KAFKA_BOOTSTRAP"):
         Settings.from_environ({}).kafka()
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`SAGALINE_{name.upper()}`" not in doc]
+    assert missing == []
