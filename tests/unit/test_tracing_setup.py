@@ -36,12 +36,17 @@ def test_an_event_inherits_its_causes_trace_context_as_a_pair() -> None:
     assert (child.traceparent, child.tracestate) == (own, None)  # never the cause's tracestate
 
 
-def test_processing_stays_in_the_records_trace() -> None:
+def test_what_a_handler_emits_stays_in_the_records_trace() -> None:
+    """As HandlerContext.emit does it; holds with or without an SDK installed (the
+    integration test checks the parent links with one)."""
     record = Envelope.new(_placed(), "/order", traceparent=PARENT)
     with process_span(record, group="g", topic="t", partition=0, offset=1):
-        traceparent, _ = current_trace_context()
-    assert traceparent is not None
-    assert traceparent.split("-")[1] == PARENT.split("-")[1]
+        traceparent, tracestate = current_trace_context()
+        emitted = Envelope.new(
+            _placed(), "/payment", caused_by=record, traceparent=traceparent, tracestate=tracestate
+        )
+    assert emitted.traceparent is not None
+    assert emitted.traceparent.split("-")[1] == PARENT.split("-")[1]
 
 
 def test_no_exporter_by_default_and_the_named_ones_otherwise() -> None:
