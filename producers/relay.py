@@ -194,7 +194,14 @@ class OutboxRelay:
                         await task
             await self.publish_pending()  # flush: what was staged before the stop goes out now
         finally:
+            await self._unlisten(listener)
+
+    async def _unlisten(self, listener: Any) -> None:
+        """Stop listening and give the connection back; if PostgreSQL went away, the pool has
+        already taken the dead connection back and there is nothing to undo."""
+        with contextlib.suppress(asyncpg.InterfaceError):  # the connection is gone
             await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+        with contextlib.suppress(asyncpg.InterfaceError):  # already back in the pool
             await self.pool.release(listener)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:

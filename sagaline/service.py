@@ -3,16 +3,23 @@
 Wires settings -> pool -> publisher -> unit of work -> worker (and, optionally, the
 service's outbox relay), serves /metrics, /healthz and /readyz, and shuts down on SIGTERM:
 stop fetching, finish the batch in hand, commit, flush, close — within the deadline.
+Each loop (consumer, relay, background) is supervised: an outage of PostgreSQL or Kafka
+restarts the loop with backoff rather than ending the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
 from consumers import inbox
+from consumers.errors import classify
 from consumers.lanes import Lanes
 from consumers.metrics import ConsumerMetrics
 from consumers.spec import WorkerSpec
@@ -27,6 +34,10 @@ from sagaline.ops import OpsServer
 from sagaline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_RESET_AFTER_S = 60.0
 
 
 async def serve(
@@ -76,14 +87,16 @@ async def serve(
                 settings.metrics_host,
                 port,
             )
-            tasks = [asyncio.create_task(worker.run(stop), name=f"{spec.name}-worker")]
+            loops: dict[str, Callable[[], Awaitable[None]]] = {"worker": lambda: worker.run(stop)}
             if spec.run_relay:
                 relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
-                tasks.append(asyncio.create_task(relay.run(stop), name=f"{spec.name}-relay"))
+                loops["relay"] = lambda: relay.run(stop)
             for number, background in enumerate(spec.background):
-                tasks.append(
-                    asyncio.create_task(background(pool, stop), name=f"{spec.name}-background-{number}")
-                )
+                loops[f"background-{number}"] = partial(background, pool, stop)
+            tasks = [
+                asyncio.create_task(_supervised(task_name, loop, stop), name=task_name)
+                for task_name, loop in ((f"{spec.name}-{name}", loop) for name, loop in loops.items())
+            ]
             try:
                 await _until_stopped(tasks, stop, settings.shutdown_deadline_s)
             finally:
@@ -91,6 +104,29 @@ async def serve(
     finally:
         await pool.close()
     log.info("%s: stopped cleanly", spec.name)
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run one of the service's loops until `stop`. A transient failure (PostgreSQL or Kafka
+    unavailable, a timeout) restarts the loop after a backoff, doubling up to 30 s, instead of
+    ending the service; anything else ends it (and the service exits non-zero)."""
+    delay = RESTART_BACKOFF_S
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except Exception as exc:
+            if classify(exc) != "transient" or stop.is_set():
+                raise
+            if time.monotonic() - started > RESTART_RESET_AFTER_S:
+                delay = RESTART_BACKOFF_S  # it ran well for a while: this is a new outage
+            log.warning("%s failed transiently (%r); restarting it in %.1fs", name, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
 
 
 async def _until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, deadline_s: float) -> None:

@@ -44,6 +44,7 @@ class SagaPlatform:
         *,
         payment_timeout_s: float = 30.0,
         stock_timeout_s: float = 30.0,
+        retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0),
     ) -> None:
         self.kafka = kafka
         self.postgres_dsn = postgres_dsn
@@ -53,7 +54,7 @@ class SagaPlatform:
             payment_timeout_s=payment_timeout_s,
             stock_timeout_s=stock_timeout_s,
             deadline_scan_interval_s=0.2,
-            retry_delays_s=(0.5, 1.0, 2.0),
+            retry_delays_s=retry_delays_s,
         )
         self.pool: asyncpg.Pool[Any] | None = None
         self._running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
@@ -80,6 +81,10 @@ class SagaPlatform:
             stop = asyncio.Event()
             task = asyncio.create_task(serve(self.settings(), SPECS[name](self.config), stop, metrics_port=0))
             self._running[name] = (task, stop)
+
+    def ended(self) -> list[str]:
+        """Services whose process loop has ended although nobody stopped them."""
+        return [name for name, (task, stop) in self._running.items() if task.done() and not stop.is_set()]
 
     async def stop(self, *services: str) -> None:
         for name in services or tuple(self._running):

@@ -86,3 +86,10 @@ def test_docker_compose_accepts_the_files(files: list[Path]) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_services_stop_before_kafka_and_postgres() -> None:
+    """compose stops a service's dependencies after it: a worker that depends only on the
+    finished `topics` job would see Kafka and PostgreSQL vanish under its final commit."""
+    for worker in ("order", "payment", "inventory", "tracker"):
+        assert {"kafka", "postgres"} <= set(_services()[worker]["depends_on"]), worker

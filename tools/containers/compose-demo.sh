@@ -9,6 +9,8 @@ cd "$root"
 project=${SAGALINE_COMPOSE_PROJECT:-sagaline-local}
 orders=${SAGALINE_COMPOSE_ORDERS:-1000}
 compose=(docker-compose -p "$project" -f compose.yaml -f tools/containers/compose.local.yaml)
+began=$(date +%s)
+step() { echo "== $* (at $(( $(date +%s) - began ))s)"; }
 
 tools/containers/build-images.sh
 leftovers() {
@@ -20,13 +22,13 @@ cleanup() { "${compose[@]}" --profile tools down -v --remove-orphans -t 30 >/dev
 trap cleanup EXIT
 if [ -n "$(leftovers)" ]; then echo "removing leftovers of an earlier run of $project"; cleanup; fi
 
-echo "== building the application image (sagaline:dev on sagaline/python:3.11)"
+step "building the application image (sagaline:dev on sagaline/python:3.11)"
 "${compose[@]}" build -q topics
-echo "== up"
+step "up"
 "${compose[@]}" up -d
-echo "== demo: $orders orders"
+step "demo: $orders orders"
 "${compose[@]}" run --rm -T demo sagaline demo --orders "$orders" --platform attach --seed 8
-echo "== prometheus targets"
+step "prometheus targets"
 python3 - <<'PY'
 import json, time, urllib.request
 deadline = time.monotonic() + 60
@@ -41,7 +43,7 @@ while True:
         raise SystemExit(f"prometheus targets not all up: {health}")
     time.sleep(2)
 PY
-echo "== down"
+step "down"
 start=$(date +%s)
 "${compose[@]}" stop -t 30
 echo "  stopped in $(( $(date +%s) - start ))s; exit codes:"
@@ -57,4 +59,4 @@ left=$(leftovers)
 if [ -n "$left" ]; then echo "left behind after down: $left" >&2; exit 1; fi
 trap - EXIT
 if [ "$unclean" != 0 ]; then echo "a service did not stop cleanly" >&2; exit 1; fi
-echo "compose platform: up, demo passed, down clean"
+echo "compose platform: up, demo passed, down clean, in $(( $(date +%s) - began ))s"
