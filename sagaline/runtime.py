@@ -1,19 +1,28 @@
-"""Running a long-lived process: signals, graceful stop, logging, telemetry setup."""
+"""Running a long-lived process: signals, graceful stop, supervised loops, logging, telemetry."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+from consumers.errors import classify
 from sagaline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_RESET_AFTER_S = 60.0
 
 
 def stop_event_on_signals() -> asyncio.Event:
@@ -55,3 +64,32 @@ def _exporter(kind: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
+
+
+async def supervised(
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    backoff_s: float = RESTART_BACKOFF_S,
+) -> None:
+    """Run one of a service's loops until `stop`. A transient failure (PostgreSQL or Kafka
+    unavailable, a timeout) restarts the loop after a backoff, doubling up to 30 s, instead of
+    ending the service; anything else ends it (and the service exits non-zero)."""
+    delay = backoff_s
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except Exception as exc:
+            if classify(exc) != "transient" or stop.is_set():
+                raise
+            if time.monotonic() - started > RESTART_RESET_AFTER_S:
+                delay = backoff_s  # it ran well for a while: this is a new outage
+            log.warning("%s failed transiently (%r); restarting it in %.1fs", name, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)

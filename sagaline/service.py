@@ -10,16 +10,13 @@ restarts the loop with backoff rather than ending the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 from prometheus_client import CollectorRegistry
 
 from consumers import inbox
-from consumers.errors import classify
 from consumers.lanes import Lanes
 from consumers.metrics import ConsumerMetrics
 from consumers.spec import WorkerSpec
@@ -31,13 +28,10 @@ from producers.publisher import Publisher
 from producers.relay import OutboxRelay
 from sagaline.bootstrap import create_pool, endpoints
 from sagaline.ops import OpsServer
+from sagaline.runtime import supervised
 from sagaline.settings import Settings
 
 log = logging.getLogger(__name__)
-
-RESTART_BACKOFF_S = 0.5
-RESTART_BACKOFF_MAX_S = 30.0
-RESTART_RESET_AFTER_S = 60.0
 
 
 async def serve(
@@ -94,7 +88,7 @@ async def serve(
             for number, background in enumerate(spec.background):
                 loops[f"background-{number}"] = partial(background, pool, stop)
             tasks = [
-                asyncio.create_task(_supervised(task_name, loop, stop), name=task_name)
+                asyncio.create_task(supervised(task_name, loop, stop), name=task_name)
                 for task_name, loop in ((f"{spec.name}-{name}", loop) for name, loop in loops.items())
             ]
             try:
@@ -104,29 +98,6 @@ async def serve(
     finally:
         await pool.close()
     log.info("%s: stopped cleanly", spec.name)
-
-
-async def _supervised(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Run one of the service's loops until `stop`. A transient failure (PostgreSQL or Kafka
-    unavailable, a timeout) restarts the loop after a backoff, doubling up to 30 s, instead of
-    ending the service; anything else ends it (and the service exits non-zero)."""
-    delay = RESTART_BACKOFF_S
-    while True:
-        started = time.monotonic()
-        try:
-            await loop()
-            return
-        except Exception as exc:
-            if classify(exc) != "transient" or stop.is_set():
-                raise
-            if time.monotonic() - started > RESTART_RESET_AFTER_S:
-                delay = RESTART_BACKOFF_S  # it ran well for a while: this is a new outage
-            log.warning("%s failed transiently (%r); restarting it in %.1fs", name, exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                return
-            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
 
 
 async def _until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, deadline_s: float) -> None:

@@ -27,7 +27,7 @@ from producers.publisher import Publisher
 from sagaline.bootstrap import create_pool, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out
 from sagaline.ops import OpsServer
-from sagaline.runtime import configure_logging, stop_event_on_signals
+from sagaline.runtime import configure_logging, stop_event_on_signals, supervised
 from sagaline.settings import Settings
 from schemas.codec import decode
 from schemas.errors import DecodeError
@@ -138,7 +138,7 @@ def index(
             ops = OpsServer(registry, settings.metrics_host, port, ready=lambda: indexer.running)
             await ops.start()
             try:
-                await indexer.run(stop)
+                await supervised("dlq-index", lambda: indexer.run(stop), stop)
             finally:
                 await ops.stop()
         finally:

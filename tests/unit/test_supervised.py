@@ -1,0 +1,50 @@
+"""The loop supervisor: transient failures restart a loop, anything else ends the service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from consumers.errors import TransientError
+from sagaline.runtime import supervised
+
+
+async def test_transient_failures_restart_the_loop_until_it_finishes() -> None:
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    await supervised("t", loop, asyncio.Event(), backoff_s=0.01)
+    assert runs == [0, 1, 2]
+
+
+async def test_a_permanent_failure_ends_the_supervision_at_once() -> None:
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        await supervised("t", loop, asyncio.Event(), backoff_s=0.01)
+    assert runs == 1
+
+
+async def test_stop_during_the_backoff_ends_quietly() -> None:
+    stop = asyncio.Event()
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        raise TransientError("down")
+
+    await asyncio.wait_for(supervised("t", loop, stop, backoff_s=30), timeout=5)
+    assert runs == 1
