@@ -32,10 +32,14 @@ step "prometheus targets"
 python3 - <<'PY'
 import json, time, urllib.request
 deadline = time.monotonic() + 60
+health = {}
 while True:
-    with urllib.request.urlopen("http://127.0.0.1:9090/api/v1/targets", timeout=5) as reply:
-        targets = json.load(reply)["data"]["activeTargets"]
-    health = {t["labels"]["instance"]: t["health"] for t in targets}
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:9090/api/v1/targets", timeout=5) as reply:
+            targets = json.load(reply)["data"]["activeTargets"]
+        health = {t["labels"]["instance"]: t["health"] for t in targets}
+    except OSError as exc:  # Prometheus still starting
+        health = {"prometheus": repr(exc)}
     if len(health) == 4 and set(health.values()) == {"up"}:
         print("  all up:", ", ".join(sorted(health)))
         break
@@ -52,7 +56,10 @@ for id in $("${compose[@]}" ps -q); do
   read -r name code <<<"$(docker inspect -f '{{.Name}} {{.State.ExitCode}}' "$id")"
   echo "    ${name#/} $code"
   # 0, or 143 (128 + SIGTERM) from the JVM's orderly shutdown hook; 137 is a kill after -t
-  case "$code" in 0|143) ;; *) unclean=1 ;; esac
+  case "$code" in
+    0|143) ;;
+    *) unclean=1; echo "    -- last lines of ${name#/}:"; docker logs --tail 30 "$id" 2>&1 | sed 's/^/       /' ;;
+  esac
 done
 "${compose[@]}" --profile tools down -v --remove-orphans -t 30
 left=$(leftovers)
