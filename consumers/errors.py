@@ -33,6 +33,9 @@ _TRANSIENT_POSTGRES = (
     asyncpg.QueryCanceledError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # raised on a connection the server terminated in the middle of an operation (seen when
+    # PostgreSQL restarts; MagicStack/asyncpg#784); the pool replaces that connection
+    asyncpg.InternalClientError,
 )
 
 

@@ -82,9 +82,14 @@ class OutboxRelay:
             async with limit:
                 return await self._publish_bucket(bucket)
 
-        counts = await asyncio.gather(*(one(b) for b in buckets))
+        # Every bucket's pass ends (published or failed) before a failure is raised, so no
+        # pass outlives this call and races the next one.
+        results = await asyncio.gather(*(one(b) for b in buckets), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         await self._observe_backlog()
-        return sum(counts)
+        return sum(r for r in results if isinstance(r, int))
 
     async def _publish_bucket(self, bucket: int) -> int:
         failure: DeliveryError | None = None
@@ -173,9 +178,9 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; wakes on NOTIFY, polls as a fallback, prunes periodically."""
         listener = await self.pool.acquire()
-        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
         last_prune = 0.0
-        try:
+        try:  # from here on the listener goes back to the pool whatever happens
+            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             while not stop.is_set():
                 self._wake.clear()
                 published = await self.publish_pending()

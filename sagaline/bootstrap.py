@@ -6,6 +6,9 @@ with a `Settings` it built.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +19,10 @@ from sagaline.localstack.stack import LocalStack
 from sagaline.settings import Settings
 from sagas.config import SagaConfig
 from schemas.topics import TopicMap
+
+log = logging.getLogger(__name__)
+
+POOL_CLOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,22 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
     bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
     return Endpoints(kafka=settings.kafka(bootstrap), postgres_dsn=dsn, local=needs_local)
+
+
+async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIMEOUT_S) -> None:
+    """Close gracefully: wait for connections in use to come back. One that does not within
+    `timeout_s` (an operation stuck on a connection PostgreSQL dropped) is cut, so shutting
+    down never hangs on the database."""
+    closing = asyncio.ensure_future(pool.close())
+    done, _ = await asyncio.wait({closing}, timeout=timeout_s)
+    if done:
+        closing.result()
+        return
+    log.warning("connections still in use after %.0fs: terminating them", timeout_s)
+    pool.terminate()
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await closing
 
 
 async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[Any]:

@@ -26,7 +26,7 @@ from producers import outbox
 from producers.metrics import RelayMetrics
 from producers.publisher import Publisher
 from producers.relay import OutboxRelay
-from sagaline.bootstrap import create_pool, endpoints
+from sagaline.bootstrap import close_pool, create_pool, endpoints
 from sagaline.ops import OpsServer
 from sagaline.runtime import supervised
 from sagaline.settings import Settings
@@ -96,7 +96,7 @@ async def serve(
             finally:
                 await ops.stop()
     finally:
-        await pool.close()
+        await close_pool(pool)
     log.info("%s: stopped cleanly", spec.name)
 
 

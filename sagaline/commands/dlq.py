@@ -24,7 +24,7 @@ from rich.table import Table
 from dlq import actions, store
 from dlq.indexer import Indexer
 from producers.publisher import Publisher
-from sagaline.bootstrap import create_pool, endpoints, saga_config
+from sagaline.bootstrap import close_pool, create_pool, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out
 from sagaline.ops import OpsServer
 from sagaline.runtime import configure_logging, stop_event_on_signals, supervised
@@ -94,7 +94,7 @@ async def _with_pool(settings: Settings, work: Any) -> Any:
             await store.install(conn, saga_config(settings).schema("dlq"))
         return await work(ends, pool)
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 def _saga_status(pool: asyncpg.Pool[Any], settings: Settings) -> actions.SagaStatus:
@@ -142,7 +142,7 @@ def index(
             finally:
                 await ops.stop()
         finally:
-            await pool.close()
+            await close_pool(pool)
 
     asyncio.run(run())
 

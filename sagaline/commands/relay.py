@@ -13,7 +13,7 @@ from producers.db import qualified
 from producers.metrics import RelayMetrics
 from producers.publisher import Publisher
 from producers.relay import OutboxRelay, RelayOptions
-from sagaline.bootstrap import create_pool, endpoints
+from sagaline.bootstrap import close_pool, create_pool, endpoints
 from sagaline.ops import OpsServer
 from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
 from sagaline.settings import Settings
@@ -83,4 +83,4 @@ async def _run(
         log.info("relay stopped cleanly")
     finally:
         await ops.stop()
-        await pool.close()
+        await close_pool(pool)

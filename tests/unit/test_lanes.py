@@ -33,6 +33,10 @@ def test_lane_names_belong_to_the_group() -> None:
         (NotJson("x"), "permanent"),
         (asyncpg.SerializationError("could not serialize"), "transient"),
         (asyncpg.DeadlockDetectedError("deadlock"), "transient"),
+        (
+            asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+            "transient",
+        ),
         (asyncpg.UniqueViolationError("dup"), "permanent"),
         (ConnectionResetError(), "transient"),
         (TimeoutError(), "transient"),
