@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,8 +24,6 @@ from sagas.order_state import Decision, Order, Timeouts, decide, expire, place
 from schemas import messages as m
 from schemas.envelope import Envelope
 from schemas.values import LineItem
-
-log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "order_id, idempotency_key, request_hash, customer_id, currency, items, status, payment, stock,"
@@ -137,16 +134,14 @@ def build_handlers(config: SagaConfig) -> Any:
 
 def deadline_loop(config: SagaConfig) -> Any:
     """Cancel orders whose step deadline passed; each in its own transaction with the order
-    row locked (SKIP LOCKED: a handler working on it wins, the next scan sees its result)."""
+    row locked (SKIP LOCKED: a handler working on it wins, the next scan sees its result).
+    A database outage ends the scan with its error; the service's supervisor restarts it."""
 
     async def run(pool: asyncpg.Pool[Any], stop: asyncio.Event) -> None:
         schema = config.schema("order")
         table = qualified(schema, "orders")
         while not stop.is_set():
-            try:
-                await _expire_due(pool, schema, table, config)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("deadline scan failed, trying again: %r", exc)
+            await _expire_due(pool, schema, table, config)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=config.deadline_scan_interval_s)
 
