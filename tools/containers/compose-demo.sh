@@ -12,6 +12,12 @@ compose=(docker-compose -p "$project" -f compose.yaml -f tools/containers/compos
 began=$(date +%s)
 step() { echo "== $* (at $(( $(date +%s) - began ))s)"; }
 
+for port in 19092 15432 9090; do  # compose.yaml publishes these on 127.0.0.1
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use on 127.0.0.1 (the local stack? \`make down\` stops it): compose needs it" >&2
+    exit 2
+  fi
+done
 tools/containers/build-images.sh
 leftovers() {
   for kind in container volume network; do
