@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind
 
+from producers.tracing import messaging_attributes
 from schemas.envelope import Envelope
 
 _tracer = trace.get_tracer("sagaline.consumers")
@@ -44,10 +45,7 @@ def process_span(
         context=propagate.extract(carrier),
         kind=SpanKind.CONSUMER,
         attributes={
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": topic,
+            **messaging_attributes("process", topic),
             "messaging.destination.partition.id": str(partition),
             "messaging.kafka.offset": offset,
             "messaging.consumer.group.name": group,

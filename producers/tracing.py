@@ -21,15 +21,19 @@ def send_span(topic: str, message_type: str) -> Iterator[Span]:
     with _tracer.start_as_current_span(
         f"send {topic}",
         kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-            "messaging.destination.name": topic,
-            "cloudevents.event_type": message_type,
-        },
+        attributes={**messaging_attributes("send", topic), "cloudevents.event_type": message_type},
     ) as span:
         yield span
+
+
+def messaging_attributes(operation: str, topic: str) -> dict[str, str]:
+    """What every Kafka span carries (OpenTelemetry messaging conventions)."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": topic,
+    }
 
 
 def current_trace_context() -> tuple[str | None, str | None]:
