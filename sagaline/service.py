@@ -81,15 +81,16 @@ async def serve(
                 settings.metrics_host,
                 port,
             )
-            loops: dict[str, Callable[[], Awaitable[None]]] = {"worker": lambda: worker.run(stop)}
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                f"{spec.name}-worker": lambda: worker.run(stop)
+            }
             if spec.run_relay:
                 relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
-                loops["relay"] = lambda: relay.run(stop)
+                loops[f"{spec.name}-relay"] = lambda: relay.run(stop)
             for number, background in enumerate(spec.background):
-                loops[f"background-{number}"] = partial(background, pool, stop)
+                loops[f"{spec.name}-background-{number}"] = partial(background, pool, stop)
             tasks = [
-                asyncio.create_task(supervised(task_name, loop, stop), name=task_name)
-                for task_name, loop in ((f"{spec.name}-{name}", loop) for name, loop in loops.items())
+                asyncio.create_task(supervised(name, loop, stop), name=name) for name, loop in loops.items()
             ]
             try:
                 await _until_stopped(tasks, stop, settings.shutdown_deadline_s)
