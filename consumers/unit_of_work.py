@@ -11,6 +11,9 @@ commit together, and a duplicate finds its inbox row and changes nothing.
 - A failure that breaks the transaction itself (connection lost) retries the whole batch;
   when that budget runs out too, every message of the batch goes to the retry lane.
 - A permanent failure (undecodable, invalid, a handler bug) goes to the dead-letter lane.
+- Nothing a record carries escapes as an exception: `triage` turns any failure to read it
+  (unusable lane headers, undecodable bytes) into a dead letter, and a permanent failure
+  that breaks a whole batch is isolated by applying the batch's messages one by one.
 
 Every handler call runs in a `process {topic}` span (consumers.tracing), so a message redone
 on the careful path shows as two attempts in its trace.
@@ -32,12 +35,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from consumers import inbox
 from consumers.errors import classify
 from consumers.handlers import HandlerContext, Handlers
-from consumers.lanes import Failure, Origin, origin_of
+from consumers.lanes import Failure, Lanes, Origin, origin_of
 from consumers.tracing import process_span
 from producers.db import DbConnection
 from schemas.codec import decode
 from schemas.envelope import Envelope
-from schemas.errors import DecodeError
 from schemas.messages import Message
 from schemas.topics import TopicMap
 
@@ -89,11 +91,14 @@ class UnitOfWork:
         topics: TopicMap,
         budget: RetryBudget | None = None,
         transaction_per_message: bool = False,
+        lanes: Lanes | None = None,
     ) -> None:
         """`transaction_per_message` trades throughput for short lock holds: services whose
         messages contend for hot rows (accounts, stock) commit each message on its own, so
-        no transaction holds the locks of several messages and waits on another's."""
+        no transaction holds the locks of several messages and waits on another's. `lanes`
+        (default: the group's with the default delays) says which topics are retry lanes."""
         self.pool = pool
+        self.lanes = lanes or Lanes(group)
         self.transaction_per_message = transaction_per_message
         self.schema = schema
         self.group = group
@@ -110,23 +115,8 @@ class UnitOfWork:
 
     async def process(self, records: Sequence[InboundRecord]) -> list[Outcome]:
         """Outcomes in record order; `applied`/`duplicate` ones are committed on return."""
-        outcomes: list[Outcome] = []
-        todo: list[Outcome] = []
-        for record in records:
-            origin = origin_of(
-                list(record.headers), record.topic, record.partition, record.offset, record.timestamp
-            )
-            try:
-                envelope = decode(record.value, record.headers)
-            except DecodeError as exc:
-                outcomes.append(Outcome(record, "dead_letter", origin, failure=_failure(exc)))
-                continue
-            outcome = Outcome(record, "applied", origin, envelope)
-            outcomes.append(outcome)
-            if self.handlers.get(type(envelope.data)) is None:
-                outcome.kind = "ignored"
-            else:
-                todo.append(outcome)
+        outcomes = [triage(record, self.lanes, self.handlers) for record in records]
+        todo = [o for o in outcomes if o.kind == "applied"]  # decoded, handled: to apply
         if self.transaction_per_message:
             for outcome in todo:
                 await self._apply_batch([outcome])
@@ -151,17 +141,21 @@ class UnitOfWork:
                             for outcome in todo:
                                 await self._apply_one(conn, outcome)
         except Exception as exc:
-            if classify(exc) != "transient":
-                raise
-            log.warning(
-                "%s: batch of %d failed transiently (%r); routing to the retry lane",
-                self.group,
-                len(todo),
-                exc,
-            )
             failure = _failure(exc)
-            for outcome in todo:
-                outcome.kind, outcome.failure, outcome.emitted = "retry", failure, []
+            if failure.failure_class == "transient":
+                log.warning(
+                    "%s: batch of %d failed transiently (%s); routing to the retry lane",
+                    self.group,
+                    len(todo),
+                    type(exc).__name__,
+                )
+                for outcome in todo:
+                    outcome.kind, outcome.failure, outcome.emitted = "retry", failure, []
+            elif len(todo) > 1:  # one message broke the batch itself: find it by going one by one
+                for outcome in todo:
+                    await self._apply_batch([outcome])
+            else:
+                todo[0].kind, todo[0].failure, todo[0].emitted = "dead_letter", failure, []
 
     async def _lock_keys(self, conn: DbConnection, todo: list[Outcome]) -> None:
         """Take the batch's per-key locks (the same ones `HandlerContext.lock` takes) up front,
@@ -253,6 +247,22 @@ class UnitOfWork:
             partition=record.partition,
             offset=record.offset,
         )
+
+
+def triage(record: InboundRecord, lanes: Lanes, handlers: Handlers) -> Outcome:
+    """What can be decided about a record before the database: a dead letter (its lane
+    headers or bytes cannot be used), ignored (no handler for its type) or to be applied.
+    Never raises, whatever the record's key, value and headers."""
+    try:
+        origin = origin_of(
+            list(record.headers), record.topic, record.partition, record.offset, record.timestamp, lanes
+        )
+        envelope = decode(record.value, record.headers)
+        handled = handlers.get(type(envelope.data)) is not None
+    except Exception as exc:  # the trust boundary: any failure to read a record is its own
+        own = Origin(record.topic, record.partition, record.offset, record.timestamp, "CREATE_TIME", 0, None)
+        return Outcome(record, "dead_letter", own, failure=_failure(exc))
+    return Outcome(record, "applied" if handled else "ignored", origin, envelope)
 
 
 def _failure(exc: BaseException) -> Failure:

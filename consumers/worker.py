@@ -18,7 +18,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from consumers.lanes import Lanes, due_ms, failed_record
+from consumers.diagnostics import Redactor
+from consumers.lanes import Lanes, failed_record
 from consumers.metrics import ConsumerMetrics
 from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
 from producers.admin import ensure_topics
@@ -36,6 +37,8 @@ class WorkerOptions:
     max_records: int = 500
     fetch_timeout_ms: int = 500
     failure_backoff_s: float = 1.0
+    sensitive_fields: tuple[str, ...] = ()  # masked in dead-letter diagnostics and logs
+    log_limit: int = 1000  # characters of exception text in one log line
 
 
 class Worker:
@@ -55,6 +58,7 @@ class Worker:
         self.options = options
         self.metrics = metrics
         self.group = lanes.group
+        self.redact = Redactor(options.sensitive_fields)
         self._consumer: AIOKafkaConsumer | None = None
         self._batch_lock = asyncio.Lock()
         self._resume_at: dict[TopicPartition, asyncio.TimerHandle] = {}
@@ -118,11 +122,11 @@ class Worker:
                 if isinstance(result, BaseException):
                     failed = True
                     log.error(
-                        "%s: %s[%d] batch failed, will be fetched again: %r",
+                        "%s: %s[%d] batch failed, will be fetched again: %s",
                         self.group,
                         tp.topic,
                         tp.partition,
-                        result,
+                        self.redact.describe(result, self.options.log_limit),
                     )
                     consumer.seek(tp, records[0].offset)
                 elif result is not None:
@@ -162,13 +166,13 @@ class Worker:
 
     def _due_prefix(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> list[Any]:
         """On a retry lane: the records already due. The partition is paused at the first one
-        not yet due and resumed when it is."""
+        not yet due and resumed when it is (`Lanes.due_at`)."""
         if self.lanes.retry_index(tp.topic) is None:
             return records
         now_ms = time.time() * 1000
         for i, record in enumerate(records):
-            due = due_ms(list(record.headers or ()))
-            if due is not None and due > now_ms:
+            due = self.lanes.due_at(tp.topic, list(record.headers or ()), now_ms)
+            if due > now_ms:
                 consumer.seek(tp, record.offset)
                 consumer.pause(tp)
                 self._schedule_resume(consumer, tp, (due - now_ms) / 1000)
@@ -215,6 +219,7 @@ class Worker:
                 saga_id=saga_id,
                 lane="retry" if to_retry else "dlt",
                 due_ms=due,
+                redact=self.redact,
             )
             sends.append(
                 (self.lanes.retry_topic(next_lane) if to_retry else self.lanes.dlt, lane_record, event_id)
@@ -230,7 +235,7 @@ class Worker:
                     record.topic,
                     record.partition,
                     record.offset,
-                    outcome.failure.exc,
+                    self.redact.describe(outcome.failure.exc, self.options.log_limit),
                 )
         futures = [(await self.publisher.enqueue(topic, rec), topic, eid) for topic, rec, eid in sends]
         for future, topic, eid in futures:

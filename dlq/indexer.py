@@ -1,6 +1,11 @@
 """The DLQ index: one consumer over every group's dead-letter topic (`*.dlt`) that records
 each record in PostgreSQL, so listing and filtering never scan Kafka. Offsets are committed
-after the rows are; a redelivered record hits the unique (topic, partition, offset) key."""
+after the rows are; a redelivered record hits the unique (topic, partition, offset) key.
+
+A dead-letter topic is untrusted input: `parse` never raises and returns only storable
+values, and should a record still be refused by PostgreSQL for what it carries, it is
+indexed with its raw bytes and no parsed fields rather than stopping the index.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from dlq import store
-from dlq.record import parse
+from dlq.record import parse, unparsed
 from producers.connection import KafkaConnection
 
 log = logging.getLogger(__name__)
@@ -61,20 +66,27 @@ class Indexer:
                 async with self.pool.acquire() as conn, conn.transaction():
                     for records in batch.values():
                         for r in records:
-                            headers = list(r.headers or ())
-                            await store.insert(
-                                conn,
-                                self.schema,
-                                dlt_topic=r.topic,
-                                partition=r.partition,
-                                offset=r.offset,
-                                key=r.key,
-                                value=r.value,
-                                headers=headers,
-                                fields=parse(r.topic, r.key, headers),
-                            )
+                            await self._index(conn, r)
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
                 self.indexed += sum(len(records) for records in batch.values())
         finally:
             self.running = False
             await consumer.stop()
+
+    async def _index(self, conn: Any, r: Any) -> None:
+        headers = list(r.headers or ())
+        row = {
+            "dlt_topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "key": r.key,
+            "value": r.value,
+        }
+        try:
+            async with conn.transaction():  # a savepoint: a refused row rolls back only itself
+                await store.insert(
+                    conn, self.schema, **row, headers=headers, fields=parse(r.topic, r.key, headers)
+                )
+        except asyncpg.DataError as exc:
+            log.warning("%s[%d]@%d: indexed without its fields: %s", r.topic, r.partition, r.offset, exc)
+            await store.insert(conn, self.schema, **row, headers=headers, fields=unparsed(r.topic))

@@ -67,7 +67,7 @@ async def stage(conn: DbConnection, schema: str, envelope: Envelope[Any], topics
         topics.topic_for(type(envelope.data)),
         key,
         record.value,
-        json.dumps([[name, value.decode()] for name, value in record.headers]),
+        json.dumps([[name, (value or b"").decode()] for name, value in record.headers]),
         bucket_of(key),
     )
     # Delivered at commit, and only if the transaction commits: wakes the relay at once.

@@ -46,6 +46,7 @@ async def serve(
             await inbox.install(conn, spec.schema)
             if spec.migrate:
                 await spec.migrate(conn)
+        lanes = Lanes(spec.group, spec.delays_s)
         uow = UnitOfWork(
             pool,
             schema=spec.schema,
@@ -55,14 +56,15 @@ async def serve(
             topics=spec.topics,
             budget=spec.budget,
             transaction_per_message=spec.transaction_per_message,
+            lanes=lanes,
         )
         async with Publisher(ends.kafka, source=spec.source) as publisher:
             worker = Worker(
                 ends.kafka,
                 uow,
                 publisher,
-                Lanes(spec.group, spec.delays_s),
-                WorkerOptions(topics=spec.subscribe),
+                lanes,
+                WorkerOptions(topics=spec.subscribe, sensitive_fields=settings.redact_fields),
                 ConsumerMetrics(registry),
             )
             await worker.ensure_lanes()

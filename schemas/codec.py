@@ -20,7 +20,7 @@ from schemas.errors import ContractViolation, DecodeError, InvalidHeader, Missin
 from schemas.messages import Message
 from schemas.registry import DEFAULT_REGISTRY, TYPE_PREFIX, MessageRegistry
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]  # a Kafka header value may be null
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 SPECVERSION = "1.0"

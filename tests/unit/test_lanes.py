@@ -11,8 +11,10 @@ from aiokafka.errors import NotEnoughReplicasError, UnsupportedVersionError
 
 from consumers import lanes as h
 from consumers.errors import PermanentError, TransientError, classify
-from consumers.lanes import Failure, Lanes, due_ms, failed_record, origin_of
+from consumers.lanes import Failure, LaneHeaderError, Lanes, due_ms, failed_record, origin_of
 from schemas.errors import NotJson
+
+PAYMENT = Lanes("payment", (1.0, 10.0, 60.0))
 
 
 def test_lane_names_belong_to_the_group() -> None:
@@ -56,11 +58,12 @@ def _failure(exc: BaseException, at: datetime) -> Failure:
 def test_headers_keep_the_first_origin_replace_the_last_failure_and_never_grow() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     original = [("ce_id", b"e-1"), ("content-type", b"application/json")]
+    origin = origin_of(original, "orders.events", 4, 1234, 1_700_000_000_000, PAYMENT)
     first = failed_record(
-        b"k", b"v", original, origin=origin_of(original, "orders.events", 4, 1234, 1_700_000_000_000),
+        b"k", b"v", original, origin=origin,
         group="payment", failure=_failure(TransientError("one"), t0), saga_id="o-1", lane="retry", due_ms=5,
     )  # fmt: skip
-    second_origin = origin_of(first.headers, "payment.retry.1", 0, 7, 1_800_000_000_000)
+    second_origin = origin_of(first.headers, "payment.retry.1", 0, 7, 1_800_000_000_000, PAYMENT)
     second = failed_record(
         b"k", b"v", first.headers, origin=second_origin, group="payment",
         failure=_failure(ValueError("two"), t0 + timedelta(seconds=3)), saga_id="o-1", lane="dlt",
@@ -88,7 +91,7 @@ def test_a_huge_stack_trace_is_truncated_to_its_bound() -> None:
         None,
         None,
         [],
-        origin=origin_of([], "t", 0, 0, 0),
+        origin=origin_of([], "t", 0, 0, 0, PAYMENT),
         group="g",
         failure=failure,
         saga_id=None,
@@ -100,7 +103,75 @@ def test_a_huge_stack_trace_is_truncated_to_its_bound() -> None:
     assert record.key is None
 
 
-def test_damaged_lane_headers_start_a_fresh_origin() -> None:
-    forged = [(h.H_ORIGINAL_TOPIC, b"x"), (h.H_ORIGINAL_PARTITION, b"\x00")]
-    origin = origin_of(forged, "orders.events", 1, 2, 3)
+def _lane_headers(**overrides: bytes | None) -> list[tuple[str, bytes | None]]:
+    headers: dict[str, bytes | None] = {
+        h.H_ORIGINAL_TOPIC: b"orders.events",
+        h.H_ORIGINAL_PARTITION: struct.pack(">i", 1),
+        h.H_ORIGINAL_OFFSET: struct.pack(">q", 2),
+        h.H_ORIGINAL_TIMESTAMP: struct.pack(">q", 1_700_000_000_000),
+        h.H_ATTEMPTS: b"1",
+        h.H_FIRST_FAILURE: b"2026-01-01T00:00:00+00:00",
+    }
+    headers.update(overrides)
+    return list(headers.items())
+
+
+def test_lane_headers_on_an_input_topic_are_not_ours_and_are_ignored() -> None:
+    forged = _lane_headers(**{h.H_ORIGINAL_TOPIC: None, h.H_ORIGINAL_TIMESTAMP: struct.pack(">q", 2**62)})
+    origin = origin_of(forged, "orders.events", 1, 2, 3, PAYMENT)
     assert (origin.topic, origin.partition, origin.offset, origin.attempts) == ("orders.events", 1, 2, 0)
+
+
+def test_intact_lane_headers_on_a_retry_lane_give_the_origin() -> None:
+    origin = origin_of(_lane_headers(**{h.H_REPLAY_OF: b"42"}), "payment.retry.2", 0, 9, 5, PAYMENT)
+    assert (origin.topic, origin.partition, origin.offset, origin.attempts, origin.replay_of) == (
+        "orders.events", 1, 2, 1, 42,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {h.H_ORIGINAL_TOPIC: None},  # null value (kcat -H name)
+        {h.H_ORIGINAL_TOPIC: b"\xff\xfe"},
+        {h.H_ORIGINAL_TOPIC: b"a" * 300},
+        {h.H_ORIGINAL_PARTITION: b"\x00"},
+        {h.H_ORIGINAL_PARTITION: struct.pack(">i", -1)},
+        {h.H_ORIGINAL_OFFSET: struct.pack(">q", -5)},
+        {h.H_ORIGINAL_TIMESTAMP: struct.pack(">q", 2**62)},  # far beyond year 9999
+        {h.H_ATTEMPTS: "²".encode()},
+        {h.H_ATTEMPTS: b"9" * 5000},
+        {h.H_FIRST_FAILURE: b"yesterday"},
+        {h.H_FIRST_FAILURE: b"9999-12-31T23:59:59-23:00"},  # overflows when moved to UTC
+        {h.H_FIRST_FAILURE: b"2026-01-01T00:00:00"},  # no offset
+        {h.H_REPLAY_OF: "²".encode() * 5000},
+        {h.H_ORIGINAL_TIMESTAMP_TYPE: b"SOON"},
+    ],
+)
+def test_unusable_lane_headers_on_a_retry_lane_are_refused(overrides: dict[str, bytes | None]) -> None:
+    with pytest.raises(LaneHeaderError):
+        origin_of(_lane_headers(**overrides), "payment.retry.1", 0, 0, 0, PAYMENT)
+
+
+def test_a_repeated_or_missing_lane_header_is_refused() -> None:
+    headers = _lane_headers()
+    with pytest.raises(LaneHeaderError, match="more than once"):
+        origin_of([*headers, headers[0]], "payment.retry.1", 0, 0, 0, PAYMENT)
+    with pytest.raises(LaneHeaderError, match="missing"):
+        origin_of(headers[1:], "payment.retry.1", 0, 0, 0, PAYMENT)
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"soon", "²".encode(), b"9" * 5000, b"\xff"])
+def test_an_unusable_due_time_means_due_now(raw: bytes | None) -> None:
+    assert due_ms([(h.H_DUE, raw)]) is None
+
+
+def test_a_producers_replay_link_is_not_carried_into_a_dead_letter() -> None:
+    forged = [("ce_id", b"e"), (h.H_REPLAY_OF, b"7"), (h.H_CORRECTS, b"x")]
+    record = failed_record(
+        None, b"v", forged, origin=origin_of(forged, "orders.events", 0, 0, 0, PAYMENT), group="payment",
+        failure=_failure(ValueError("x"), datetime.now(UTC)), saga_id=None, lane="dlt",
+    )  # fmt: skip
+    names = [name for name, _ in record.headers]
+    assert h.H_REPLAY_OF not in names
+    assert h.H_CORRECTS not in names
