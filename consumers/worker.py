@@ -22,7 +22,7 @@ from consumers.diagnostics import Redactor
 from consumers.lanes import Lanes, failed_record
 from consumers.metrics import ConsumerMetrics
 from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
-from producers.admin import ensure_topics
+from producers.admin import ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
 from schemas.codec import Record
@@ -70,10 +70,7 @@ class Worker:
 
     async def ensure_lanes(self) -> None:
         """Create the group's retry and dead-letter topics, as wide as its widest source."""
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(**self.kafka.client_kwargs())
-        await admin.start()
+        admin = await start_admin(self.kafka)
         try:
             described = await admin.describe_topics(list(self.options.topics))
             widest = max((len(d["partitions"]) for d in described), default=1)

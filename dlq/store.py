@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -138,16 +138,28 @@ async def insert(
     )
 
 
+Lock = Literal["wait", "skip"]
+
+
 async def select(
-    conn: DbConnection, schema: str, flt: Filter, *, limit: int = 100, offset: int = 0, full: bool = False
+    conn: DbConnection,
+    schema: str,
+    flt: Filter,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    full: bool = False,
+    lock: Lock | None = None,
 ) -> list[Entry]:
+    """Entries matching `flt`, oldest first. `lock` (inside a transaction) takes their row
+    locks until it ends: "wait" for an action's own entry, "skip" to pass over entries
+    another action holds, so two actions never work on one entry at once."""
     where, args = flt.where()
-    columns = "*" if full else _SUMMARY
-    if full:
-        columns = _SUMMARY + ", stacktrace, key, value, headers"
+    columns = _SUMMARY + ", stacktrace, key, value, headers" if full else _SUMMARY
+    locking = {None: "", "wait": " FOR UPDATE", "skip": " FOR UPDATE SKIP LOCKED"}[lock]
     rows = await conn.fetch(
         f"SELECT {columns} FROM {qualified(schema, 'dead_letters')}{where}"
-        f" ORDER BY id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+        f" ORDER BY id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}{locking}",
         *args,
         limit,
         offset,

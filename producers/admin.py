@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from producers.connection import KafkaConnection
+from producers.errors import Unreachable
 from schemas.topics import TopicSpec
 
 
@@ -29,13 +30,23 @@ class TopicReport:
         return not self.drift
 
 
+async def start_admin(kafka: KafkaConnection) -> AIOKafkaAdminClient:
+    """A started admin client; `Unreachable` (naming the bootstrap servers) if Kafka is not."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        await admin.close()
+        raise Unreachable("Kafka", kafka.bootstrap_servers, str(exc)) from None
+    return admin
+
+
 async def ensure_topics(
     kafka: KafkaConnection, specs: Sequence[TopicSpec], timeout_s: float = 30.0
 ) -> TopicReport:
     """Create missing topics, wait until every partition has a leader, report drift."""
     report = TopicReport()
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    await admin.start()
+    admin = await start_admin(kafka)
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
         existing = set(await admin.list_topics())

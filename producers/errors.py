@@ -23,3 +23,13 @@ class DeliveryError(PublishError):
     def __init__(self, message: str, *, outcome_unknown: bool) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+
+
+class Unreachable(ConnectionError):
+    """Kafka or PostgreSQL did not answer: says which one and where (never credentials).
+    A ConnectionError, so it is transient wherever failures are classified."""
+
+    def __init__(self, service: str, address: str, reason: str) -> None:
+        super().__init__(f"{service} at {address} is unreachable: {reason}")
+        self.service = service
+        self.address = address

@@ -15,10 +15,10 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, RequestTimedOutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, RequestTimedOutError
 
 from producers.connection import KafkaConnection
-from producers.errors import DeliveryError, PublishValidationError
+from producers.errors import DeliveryError, PublishValidationError, Unreachable
 from producers.tracing import current_trace_context, send_span
 from schemas.codec import Record, encode, parse_message
 from schemas.envelope import Envelope
@@ -61,12 +61,17 @@ class Publisher:
     ) -> None:
         self.source = source
         self.topics = topics or TopicMap()
+        self._bootstrap = kafka.bootstrap_servers
         self._producer = AIOKafkaProducer(
             **kafka.client_kwargs(), **{**SAFE_PRODUCER_DEFAULTS, **producer_options}
         )
 
     async def __aenter__(self) -> Publisher:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except KafkaConnectionError as exc:
+            await self._producer.stop()  # release what start() opened
+            raise Unreachable("Kafka", self._bootstrap, str(exc)) from None
         return self
 
     async def __aexit__(

@@ -11,10 +11,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from producers.connection import KafkaConnection
+from producers.errors import Unreachable
 from sagaline.localstack.stack import LocalStack
 from sagaline.settings import Settings
 from sagas.config import SagaConfig
@@ -54,10 +56,11 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
         else:
             status = await stack.status()
             if not status.ready:
-                raise RuntimeError(
-                    "Kafka/PostgreSQL not configured and the local stack is not running: "
-                    "run `sagaline dev up` or set SAGALINE_KAFKA_BOOTSTRAP and "
-                    "SAGALINE_POSTGRES_DSN"
+                raise Unreachable(
+                    "the local stack",
+                    str(settings.state_dir),
+                    "not running, and Kafka/PostgreSQL are not configured: run `sagaline dev up` "
+                    "or set SAGALINE_KAFKA_BOOTSTRAP and SAGALINE_POSTGRES_DSN",
                 )
     bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
@@ -81,11 +84,38 @@ async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIME
 
 
 async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[Any]:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=settings.postgres_pool_min, max_size=settings.postgres_pool_max
-    )
+    """A connection pool; `Unreachable` (naming host and port, never credentials) when
+    PostgreSQL does not answer."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=settings.postgres_pool_min, max_size=settings.postgres_pool_max
+        )
+    except (OSError, asyncpg.CannotConnectNowError) as exc:
+        raise Unreachable(
+            "PostgreSQL", postgres_address(dsn), getattr(exc, "strerror", None) or str(exc)
+        ) from None
     assert pool is not None
     return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection[Any]:
+    """One connection (for a short CLI query); `Unreachable` as for `create_pool`."""
+    try:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.CannotConnectNowError) as exc:
+        raise Unreachable(
+            "PostgreSQL", postgres_address(dsn), getattr(exc, "strerror", None) or str(exc)
+        ) from None
+    return conn
+
+
+def postgres_address(dsn: str) -> str:
+    """`host:port/database` of a DSN, without user or password."""
+    try:
+        url = urlsplit(dsn)
+        return f"{url.hostname or 'localhost'}:{url.port or 5432}{url.path or ''}"
+    except ValueError:
+        return "(the configured DSN)"
 
 
 def saga_config(settings: Settings) -> SagaConfig:

@@ -7,8 +7,11 @@ import sys
 
 import typer
 
+from producers import failpoints
+from producers.errors import Unreachable
 from sagaline.commands import demo, dev, dlq, publish, relay, saga, schemas, smoke, topics, worker
-from sagaline.console import err
+from sagaline.console import err, safe
+from sagaline.settings import Settings
 
 app = typer.Typer(
     name="sagaline",
@@ -30,15 +33,46 @@ app.add_typer(saga.app, name="saga")
 app.add_typer(dlq.app, name="dlq")
 
 
+def _click_error(name: str) -> type[Exception]:
+    """Click's exception class `name`, from the click Typer runs on (Typer >= 0.22 vendors
+    its own copy, so `import click` would name a different class or none)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_USAGE_ERROR = _click_error("UsageError")
+_CLICK_ERROR = _click_error("ClickException")
+
+
 def main() -> None:
-    """Console-script entry point: unexpected failures become one line and exit code 1."""
+    """Console-script entry point. A bad argument is one line and exit code 2; an
+    unreachable Kafka or PostgreSQL, or any unexpected failure, one line and exit code 1
+    (`SAGALINE_DEBUG=1` shows the traceback)."""
     try:
-        app()
-    except KeyboardInterrupt:
+        if os.environ.get("SAGALINE_FAILPOINTS"):
+            failpoints.arm(Settings().failpoints)
+        result = app(standalone_mode=False)
+        sys.exit(result if isinstance(result, int) else 0)
+    except _USAGE_ERROR as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        _error(exc.format_message() + hint)  # type: ignore[attr-defined]
+        sys.exit(2)
+    except _CLICK_ERROR as exc:
+        _error(exc.format_message())  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
+    except Unreachable as exc:
+        _error(str(exc))
+        sys.exit(1)
     except Exception as exc:
         if os.environ.get("SAGALINE_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        _error(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
+
+
+def _error(message: str) -> None:
+    text = " ".join(message.split())  # one line, whatever the message holds
+    err.print(f"[bold red]error:[/] {safe(text)}", highlight=False, soft_wrap=True)

@@ -1,6 +1,12 @@
 """The operations endpoint every long-running sagaline process serves:
 `/metrics` (Prometheus text format), `/healthz` (the process runs) and `/readyz` (it can do
-its work: connected, assigned, not shutting down)."""
+its work: connected, assigned, not shutting down).
+
+It shares the process with the Kafka and PostgreSQL clients, so it defends itself: GET and
+HEAD only (405 otherwise), a request line and headers of bounded size and count (414/431),
+the whole request read within a deadline (a client trickling header lines is cut off), and
+a cap on open connections (more are closed at once). Nothing a client sends is logged.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +18,41 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 ReadyCheck = Callable[[], bool]
 
+LINE_LIMIT = 8192  # bytes in the request line or one header line
+MAX_HEADERS = 100
+REQUEST_DEADLINE_S = 5.0
+MAX_CONNECTIONS = 32
+
+
+class _Refused(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
 
 class OpsServer:
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, ready: ReadyCheck) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        ready: ReadyCheck,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        deadline_s: float = REQUEST_DEADLINE_S,
+    ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self.ready = ready
+        self.max_connections = max_connections
+        self.deadline_s = deadline_s
+        self.open_connections = 0
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=LINE_LIMIT)
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
@@ -33,31 +62,68 @@ class OpsServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self.max_connections:
+            writer.close()  # over the cap: no work at all for this one
+            return
+        self.open_connections += 1
         try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
-                pass  # headers are not needed
-            parts = request_line.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            if path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
-            elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
-            elif path == "/readyz":
-                ok = self.ready()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    method, path = await self._read_request(reader)
+                status, ctype, body = self._respond(method, path)
+            except _Refused as refused:
+                status, ctype, body, method = (
+                    refused.status,
+                    "text/plain",
+                    refused.status.encode() + b"\n",
+                    "GET",
+                )
             head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                + ("Allow: GET, HEAD\r\n" if status.startswith("405") else "")
+                + "Connection: close\r\n\r\n"
             )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass  # a client that goes away is not our problem
+            writer.write(head.encode() + (b"" if method == "HEAD" else body))
+            async with asyncio.timeout(self.deadline_s):
+                await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # a client that stalls or goes away is cut off, not our problem
         finally:
+            self.open_connections -= 1
             writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(1):
+                    await writer.wait_closed()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+        request_line = await _line(reader, "414 URI Too Long")
+        parts = request_line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            raise _Refused("400 Bad Request")
+        for _ in range(MAX_HEADERS + 1):
+            if await _line(reader, "431 Request Header Fields Too Large") in (b"\r\n", b"\n", b""):
+                return parts[0], parts[1].split("?")[0]
+        raise _Refused("431 Request Header Fields Too Large")
+
+    def _respond(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            ok = self.ready()
+            return (
+                ("200 OK", "text/plain", b"ready\n")
+                if ok
+                else ("503 Service Unavailable", "text/plain", b"not ready\n")
+            )
+        return "404 Not Found", "text/plain", b"not found\n"
+
+
+async def _line(reader: asyncio.StreamReader, too_long: str) -> bytes:
+    try:
+        return await reader.readline()
+    except ValueError:  # the line is longer than the stream's limit
+        raise _Refused(too_long) from None

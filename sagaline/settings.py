@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         "(endpoint from OTEL_EXPORTER_OTLP_ENDPOINT), or the console (stderr).",
     )
 
+    failpoints: str = Field(
+        default="",
+        description="Fault injection for tests: `name=exit|raise,...` (e.g. `dlq.after-send=exit`). "
+        "Never set in production.",
+    )
+
     # --- The saga ----------------------------------------------------------------------
     saga_prefix: str = Field(
         default="",
@@ -88,7 +94,9 @@ class Settings(BaseSettings):
         default=None, description="Who runs DLQ actions, for the audit trail (default: the OS user)."
     )
     redact_fields: tuple[str, ...] = Field(
-        default=("customer_id",), description="Payload fields `dlq show` masks."
+        default=("customer_id",),
+        description="Fields masked in `dlq show` payloads and in exception text written to "
+        'dead-letter headers and logs (`name=value`, `"name": "value"`).',
     )
 
     # --- Local stack (`sagaline dev ...`) --------------------------------------------

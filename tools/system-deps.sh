@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages sagaline needs when they are missing (Debian, as root):
-#   (default)     Java 17, Maven, PostgreSQL, Python venv, Node.js/npm
+#   (default)     Java 17, Maven, PostgreSQL, Python venv, Node.js/npm, kcat (tests produce
+#                 hostile records with a client that is not ours)
 #   --containers  also docker.io, debootstrap, docker-compose (the testcontainers path)
 # Installs nothing when everything is there; without root it names what is missing.
 set -euo pipefail
@@ -12,6 +13,7 @@ if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl 
 fi
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
 if [ "${1:-}" = "--containers" ]; then
   command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)

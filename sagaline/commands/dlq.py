@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict
 from datetime import datetime
@@ -21,16 +20,20 @@ from prometheus_client import CollectorRegistry, Gauge
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from consumers.diagnostics import Redactor
+from consumers.lanes import STACKTRACE_LIMIT
 from dlq import actions, store
 from dlq.indexer import Indexer
 from producers.publisher import Publisher
 from sagaline.bootstrap import close_pool, create_pool, endpoints, saga_config
-from sagaline.console import emit_json, err, fail, out
+from sagaline.console import emit_json, err, fail, out, read_input, safe
 from sagaline.ops import OpsServer
 from sagaline.runtime import configure_logging, stop_event_on_signals, supervised
 from sagaline.settings import Settings
+from sagas.services import SPECS
 from schemas.codec import decode
 from schemas.errors import DecodeError
+from schemas.registry import TYPE_PREFIX, ce_type
 
 app = typer.Typer(
     help="Operate dead letters: find, group, inspect, replay, edit, archive, purge.", no_args_is_help=True
@@ -59,8 +62,8 @@ def _filter(
         raise typer.BadParameter(
             f"unknown status {bad[0]!r}; one of {', '.join(store.STATUSES)}", param_hint="--status"
         )
-    if event_type and not event_type.startswith("io.sagaline."):
-        event_type = f"io.sagaline.{event_type}"
+    if event_type and not event_type.startswith(TYPE_PREFIX):
+        event_type = TYPE_PREFIX + event_type
     return store.Filter(
         ids=tuple(ids),
         group=group,
@@ -114,7 +117,9 @@ def _saga_status(pool: asyncpg.Pool[Any], settings: Settings) -> actions.SagaSta
 
 @app.command()
 def index(
-    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Port for /metrics (0 = any)."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="Port for /metrics (0 = any)."
+    ),
 ) -> None:
     """Record every group's dead letters (`*.dlt` topics) in PostgreSQL until SIGTERM."""
     settings = Settings()
@@ -181,11 +186,11 @@ def list_command(
         table.add_row(
             str(r.id),
             r.status,
-            r.consumer_group,
-            f"{r.source_topic}[{r.source_partition}]@{r.source_offset}",
-            (r.event_type or "?").removeprefix("io.sagaline."),
-            (r.exception_type or "?").rsplit(".", 1)[-1],
-            r.saga_id or "",
+            safe(r.consumer_group, limit=80),
+            safe(f"{r.source_topic}[{r.source_partition}]@{r.source_offset}", limit=120),
+            safe((r.event_type or "?").removeprefix(TYPE_PREFIX), limit=80),
+            safe((r.exception_type or "?").rsplit(".", 1)[-1], limit=80),
+            safe(r.saga_id or "", limit=80),
             str(r.attempts),
             f"{r.last_failure:%Y-%m-%d %H:%M:%S}" if r.last_failure else "",
         )
@@ -216,9 +221,9 @@ def stats(
     table = Table("group", "exception", "event", "count", "first seen", "last seen")
     for g in groups:
         table.add_row(
-            g["consumer_group"],
-            g["exception_type"] or "?",
-            (g["event_type"] or "?").removeprefix("io.sagaline."),
+            safe(g["consumer_group"], limit=80),
+            safe(g["exception_type"] or "?", limit=120),
+            safe((g["event_type"] or "?").removeprefix(TYPE_PREFIX), limit=80),
             str(g["count"]),
             f"{g['first_seen']:%Y-%m-%d %H:%M:%S}",
             f"{g['last_seen']:%Y-%m-%d %H:%M:%S}",
@@ -262,15 +267,20 @@ def show(
         decodes, problem = False, str(exc)
         if not isinstance(exc, DecodeError):
             payload = {"raw": (entry.value or b"").decode("utf-8", errors="replace")}
+    redact = Redactor(settings.redact_fields)
     headers = {
-        k: (v.decode("utf-8") if v.isascii() else v.hex())
+        k: redact(v.decode("utf-8") if v.isascii() else v.hex()) if v is not None else None
         for k, v in entry.headers
         if k != "kafka_dlt-exception-stacktrace"
     }
+    message = redact(entry.exception_message or "")
+    stacktrace = redact(entry.stacktrace or "")
     details = {
         **asdict(entry),
         "key": entry.key.decode("utf-8", errors="replace") if entry.key else None,
         "value": None,
+        "exception_message": message,
+        "stacktrace": stacktrace,
         "headers": headers,
         "payload": payload,
         "decodes": decodes,
@@ -282,20 +292,19 @@ def show(
         return
     where = f"{entry.dlt_topic}[{entry.dlt_partition}]@{entry.dlt_offset}"
     source = f"{entry.source_topic}[{entry.source_partition}]@{entry.source_offset}"
-    out.print(f"[bold]dead letter {entry.id}[/] ({entry.status}) in {where}")
-    out.print(f"group {entry.consumer_group}; from {source}")
-    out.print(f"saga {entry.saga_id} — tracker says: {saga_status or 'unknown'}")
-    out.print(
-        f"{entry.failure_class} failure x{entry.attempts}: {entry.exception_type}: {entry.exception_message}"
-    )
+    out.print(f"[bold]dead letter {entry.id}[/] ({entry.status}) in {safe(where)}")
+    out.print(f"group {safe(entry.consumer_group)}; from {safe(source)}")
+    out.print(f"saga {safe(entry.saga_id or '-')} — tracker says: {safe(saga_status or 'unknown')}")
+    failure = f"{entry.failure_class} failure x{entry.attempts}: {entry.exception_type}: {message}"
+    out.print(safe(failure))
     if problem:
-        out.print(f"[yellow]does not decode:[/] {problem}", highlight=False)
+        out.print(f"[yellow]does not decode:[/] {safe(problem)}", highlight=False)
     out.print_json(json.dumps(payload, default=str))
     table = Table("header", "value")
     for k, v in headers.items():
-        table.add_row(k, v[:120])
+        table.add_row(safe(k, limit=120), safe(v if v is not None else "(null)", limit=120))
     out.print(table)
-    out.print(entry.stacktrace or "", markup=False, highlight=False)
+    out.print(safe(stacktrace, multiline=True, limit=STACKTRACE_LIMIT), highlight=False)
 
 
 def _parse_rate(text: str | None) -> float | None:
@@ -351,18 +360,28 @@ def replay(
 
     report = asyncio.run(_with_pool(settings, work))
     if json_output:
-        emit_json({"dry_run": report.dry_run, "sent": report.sent, "seconds": round(report.seconds, 2),
+        emit_json({"dry_run": report.dry_run, "sent": report.sent, "skipped": report.skipped,
+                   "seconds": round(report.seconds, 2),
                    "items": [asdict(i) for i in report.items]})  # fmt: skip
         return
     table = Table("id", "group", "lane", "event", "saga", "saga status")
     for i in report.items[:100]:
-        event = (i.event_type or "?").removeprefix("io.sagaline.")
-        table.add_row(str(i.id), i.group, i.lane, event, i.saga_id or "", i.saga_status or "unknown")
+        event = (i.event_type or "?").removeprefix(TYPE_PREFIX)
+        table.add_row(
+            str(i.id),
+            safe(i.group),
+            safe(i.lane),
+            safe(event),
+            safe(i.saga_id or ""),
+            i.saga_status or "unknown",
+        )
     out.print(table)
     verb = "would send" if dry_run else "sent"
     out.print(
         f"{verb} {len(report.items) if dry_run else report.sent} dead letter(s) in {report.seconds:.1f}s"
     )
+    if report.skipped:
+        out.print(f"skipped {len(report.skipped)} held or changed by another action: {report.skipped[:20]}")
 
 
 @app.command()
@@ -370,24 +389,26 @@ def edit(
     dead_letter_id: int = typer.Argument(..., metavar="REF", help="Dead-letter id."),
     file: Path | None = typer.Option(None, "--file", "-f", help="Corrected JSON payload; '-' for stdin."),
     type_name: str | None = typer.Option(
-        None, "--type", help="Message type, when the record has no ce_type."
+        None, "--type", help="Message type, only for a record without ce_type (it cannot change a type)."
     ),
     json_output: bool = JSON,
 ) -> None:
-    """Send a corrected payload (validated first; new event id linked to the original) to the
-    failing group and mark the original resolved. Without --file, opens $EDITOR."""
+    """Send a corrected payload to the failing group and mark the original resolved. Only a
+    new entry; payload fields only (not the type, order id, idempotency key or saga). The
+    copy's event id is derived from the entry, so the group applies at most one correction
+    of it. Without --file, opens $EDITOR."""
     settings = Settings()
     text = _corrected_text(settings, dead_letter_id, file)
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
-        fail(f"the corrected payload is not JSON: {exc}")
+        fail(f"the corrected payload is not JSON: {exc}", code=2)
 
     async def work(ends: Any, pool: asyncpg.Pool[Any]) -> actions.EditReport:
         async with Publisher(ends.kafka, source="/sagaline/dlq") as publisher:
             return await actions.edit(
                 pool, publisher, saga_config(settings).schema("dlq"), dead_letter_id, payload,
-                actor=_actor(settings), type_name=type_name,
+                actor=_actor(settings), type_name=type_name, handled_types=_handled_types(settings, pool),
             )  # fmt: skip
 
     try:
@@ -411,9 +432,19 @@ def edit(
         )
 
 
+def _handled_types(settings: Settings, pool: asyncpg.Pool[Any]) -> actions.HandledTypes:
+    """Group -> the message types its service handles (None for a group not of this saga)."""
+    config = saga_config(settings)
+    by_group = {
+        config.group(name): frozenset(ce_type(t) for t in spec(config).build_handlers(pool).message_types)
+        for name, spec in SPECS.items()
+    }
+    return by_group.get
+
+
 def _corrected_text(settings: Settings, dead_letter_id: int, file: Path | None) -> str:
     if file is not None:
-        return sys.stdin.read() if str(file) == "-" else file.read_text()
+        return read_input(file)
     editor = os.environ.get("EDITOR")
     if not editor:
         fail("give the corrected payload with --file (or set $EDITOR)", code=2)
@@ -435,7 +466,7 @@ def _corrected_text(settings: Settings, dead_letter_id: int, file: Path | None) 
             handle.write(original.decode("utf-8", errors="replace"))
         path = handle.name
     subprocess.run([*editor.split(), path], check=True)
-    return Path(path).read_text()
+    return read_input(Path(path))
 
 
 def _bulk(action: str) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import typer
 from producers.errors import PublishValidationError
 from producers.publisher import Ack, Publisher, parse_payload
 from sagaline.bootstrap import endpoints
-from sagaline.console import emit_json, err, out
+from sagaline.console import emit_json, err, out, read_input, safe
 from sagaline.runtime import configure_tracing
 from sagaline.settings import Settings
 from schemas.topics import TopicMap
@@ -29,7 +28,7 @@ def publish(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Validate the payload against the contract, then publish it (exit 1 if invalid, nothing sent)."""
-    text = sys.stdin.read() if str(file) == "-" else _read(file)
+    text = read_input(file)
     try:
         payload = json.loads(text)
         message = parse_payload(message_type, payload)
@@ -56,18 +55,11 @@ def publish(
         out.print(f"published {message_type} {ack.event_id} to {ack.topic}[{ack.partition}]@{ack.offset}")
 
 
-def _read(file: Path) -> str:
-    try:
-        return file.read_text()
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="--file") from None
-
-
 def _invalid(reason: str, errors: list[tuple[str, str]], json_output: bool) -> None:
     if json_output:
         emit_json(
             {"published": False, "reason": reason, "errors": [{"path": p, "problem": m} for p, m in errors]}
         )
     else:
-        err.print(f"[bold red]invalid:[/] {reason}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]invalid:[/] {safe(reason)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

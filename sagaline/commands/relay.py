@@ -32,7 +32,7 @@ def relay(
         1.0, "--poll-interval", min=0.05, help="Seconds between polls (NOTIFY wakes sooner)."
     ),
     metrics_port: int | None = typer.Option(
-        None, "--metrics-port", help="Port for /metrics (default: settings; 0 = any free)."
+        None, "--metrics-port", min=0, max=65535, help="Port for /metrics (default: settings; 0 = any free)."
     ),
 ) -> None:
     """Publish outbox rows in order per key until SIGTERM/SIGINT; safe to run several at once."""

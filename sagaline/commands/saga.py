@@ -12,8 +12,8 @@ import asyncpg
 import typer
 from rich.table import Table
 
-from sagaline.bootstrap import endpoints, saga_config
-from sagaline.console import emit_json, fail, out
+from sagaline.bootstrap import connect, endpoints, saga_config
+from sagaline.console import emit_json, fail, out, safe
 from sagaline.settings import Settings
 from sagas import tracker
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 STATUSES = tracker.STATUS_ORDER
+MAX_DURATION = timedelta(days=36_500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -33,13 +34,17 @@ def parse_duration(text: str) -> timedelta:
         raise typer.BadParameter(
             f"{text!r} is not a duration like 30s, 5m, 2h or 1d", param_hint="--stuck-for"
         )
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise typer.BadParameter(
+            f"{text!r} is longer than {MAX_DURATION.days} days", param_hint="--stuck-for"
+        )
+    return timedelta(seconds=seconds)
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection[Any]:
     ends = await endpoints(settings, start_local=False)
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(ends.postgres_dsn)
-    return conn
+    return await connect(ends.postgres_dsn)
 
 
 @app.command()
@@ -64,14 +69,17 @@ def show(
         emit_json({"saga": asdict(saga), "timeline": events})
         return
     out.print(
-        f"[bold]{saga.order_id}[/] {saga.status} — step: {saga.step}"
-        + (f" — reason: {saga.reason}" if saga.reason else "")
+        f"[bold]{safe(saga.order_id)}[/] {saga.status} — step: {safe(saga.step)}"
+        + (f" — reason: {safe(saga.reason)}" if saga.reason else "")
         + f"\nstarted {saga.started_at:%Y-%m-%d %H:%M:%S.%f}, last change {saga.updated_at:%H:%M:%S.%f}"
     )
     table = Table("time", "source", "event", "detail")
     for event in events:
         table.add_row(
-            f"{event['occurred_at']:%H:%M:%S.%f}", event["source"], event["type"], event["summary"][:80]
+            f"{event['occurred_at']:%H:%M:%S.%f}",
+            safe(event["source"], limit=80),
+            safe(event["type"], limit=80),
+            safe(event["summary"], limit=80),
         )
     out.print(table)
 
@@ -116,7 +124,12 @@ def list_command(
     table = Table("order", "status", "step", "last event", "updated", "reason")
     for row in rows:
         table.add_row(
-            row.order_id, row.status, row.step, row.last_event, f"{row.updated_at:%H:%M:%S}", row.reason or ""
+            safe(row.order_id),
+            row.status,
+            safe(row.step),
+            safe(row.last_event),
+            f"{row.updated_at:%H:%M:%S}",
+            safe(row.reason or "", limit=120),
         )
     out.print(table)
     out.print(f"{len(rows)} saga(s)")

@@ -28,7 +28,11 @@ class Service(StrEnum):
 def worker(
     name: Service = typer.Argument(..., help="Which service to run."),
     metrics_port: int | None = typer.Option(
-        None, "--metrics-port", help="Port for /metrics, /healthz, /readyz (default: settings; 0 = any)."
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Port for /metrics, /healthz, /readyz (default: settings; 0 = any).",
     ),
 ) -> None:
     """Run one saga service (its consumer group, outbox relay and background loops) until SIGTERM."""
