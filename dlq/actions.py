@@ -135,6 +135,8 @@ async def _replay_chunk(
     async with pool.acquire() as conn, conn.transaction():
         held = store.Filter(ids=tuple(ids), statuses=flt.statuses)
         entries = await store.select(conn, schema, held, limit=len(ids), full=True, lock="skip")
+        if not entries:
+            return []  # every one held or changed by another action: nothing done, nothing to audit
         pending: list[tuple[asyncio.Future[Any], str]] = []
         for number, entry in enumerate(entries):
             if rate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -47,6 +48,9 @@ def main() -> None:
     """Console-script entry point. A bad argument is one line and exit code 2; an
     unreachable Kafka or PostgreSQL, or any unexpected failure, one line and exit code 1
     (`SAGALINE_DEBUG=1` shows the traceback)."""
+    # aiokafka logs each failed connection attempt; a short command says it once, itself
+    # (long-running commands configure logging, and their records still reach it).
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
     try:
         if os.environ.get("SAGALINE_FAILPOINTS"):
             failpoints.arm(Settings().failpoints)

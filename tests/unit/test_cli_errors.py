@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,3 +46,69 @@ def test_unknown_command_exits_non_zero() -> None:
     result = _cli("no-such-command")
     assert result.returncode == 2
     assert "No such command" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("saga", "list", "--stuck-for", "99999999999999999999d"), "longer than"),
+        (("saga", "list", "--stuck-for", "soon"), "not a duration"),
+        (("dlq", "edit", "1", "--file", "/nonexistent/[/x]"), "cannot read /nonexistent/[/x]"),
+        (("worker", "payment", "--metrics-port", "-1"), "--metrics-port"),
+        (("worker", "payment", "--metrics-port", "99999"), "--metrics-port"),
+        (("dlq", "index", "--metrics-port", "70000"), "--metrics-port"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(args: tuple[str, ...], reason: str) -> None:
+    assert reason in _one_line(_cli(*args), 2)
+
+
+def test_a_payload_file_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "payload.json"
+    bad.write_bytes(b'{"order_id": "\xff"}')
+    assert "is not UTF-8" in _one_line(_cli("dlq", "edit", "1", "--file", str(bad)), 2)
+    assert "is not UTF-8" in _one_line(_cli("publish", "PlaceOrder", "--file", str(bad)), 2)
+
+
+def test_an_unreachable_postgresql_is_named_with_its_address_and_no_secret() -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SAGALINE_POSTGRES_DSN": f"postgresql://op:hunter2@127.0.0.1:{port}/sagaline",
+        "SAGALINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
+    }
+    line = _one_line(_cli("dlq", "list", env=env), 1)
+    assert f"PostgreSQL at 127.0.0.1:{port}/sagaline is unreachable" in line
+    assert "hunter2" not in line
+
+
+def test_an_unreachable_kafka_is_named_once_without_leaking_clients(tmp_path: Path) -> None:
+    port = _free_port()
+    payload = tmp_path / "order.json"
+    payload.write_text(
+        '{"order_id": "o-1", "idempotency_key": "key-12345", "customer_id": "c-1", "currency": "EUR",'
+        ' "items": [{"sku": "s-1", "quantity": 1, "unit_price_minor": 100}]}'
+    )
+    env = {
+        **os.environ,
+        "SAGALINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+        "SAGALINE_POSTGRES_DSN": f"postgresql://op:pw@127.0.0.1:{_free_port()}/sagaline",
+        "PYTHONWARNINGS": "always",  # an unclosed client would warn
+    }
+    line = _one_line(_cli("publish", "PlaceOrder", "--file", str(payload), env=env), 1)
+    assert f"Kafka at 127.0.0.1:{port} is unreachable" in line
