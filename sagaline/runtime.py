@@ -15,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+from consumers.diagnostics import bounded
 from consumers.errors import classify
 from sagaline.settings import Settings
 
@@ -34,11 +35,21 @@ def stop_event_on_signals() -> asyncio.Event:
     return stop
 
 
+LOG_LINE_LIMIT = 4000
+
+
+class BoundedFormatter(logging.Formatter):
+    """Caps every line: a record's text may come from outside (an exception message, a
+    header), and one of them must not write megabytes into the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return bounded(super().format(record), LOG_LINE_LIMIT)
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(BoundedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

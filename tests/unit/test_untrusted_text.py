@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.console import Console
 from consumers.diagnostics import Redactor, bounded
 from producers import failpoints
 from sagaline.console import safe
+from sagaline.runtime import LOG_LINE_LIMIT, BoundedFormatter
 
 DETAIL = (
     'duplicate key value violates unique constraint "x_pkey"\n'
@@ -67,3 +69,12 @@ def test_failpoints_parse_and_refuse_nonsense() -> None:
         failpoints.hit("unit.other")  # unarmed: nothing happens
     finally:
         failpoints.arm("")
+
+
+def test_a_log_line_is_bounded_whatever_its_arguments() -> None:
+    record = logging.LogRecord(
+        "w", logging.WARNING, __file__, 1, "dead-lettered: %s", ("x" * 10_000_000,), None
+    )
+    line = BoundedFormatter("%(levelname)s %(message)s").format(record)
+    assert len(line) <= LOG_LINE_LIMIT
+    assert line.startswith("WARNING dead-lettered: xxx")
