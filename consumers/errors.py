@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Literal
 
 import asyncpg
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 from schemas.errors import DecodeError
 
@@ -39,13 +47,27 @@ _TRANSIENT_POSTGRES = (
 )
 
 
+# Not "retriable" in Kafka's sense (the same request will not succeed), but the loop that
+# raised them recovers by starting over: a consumer fenced out of its group (a long pause,
+# a rebalance it missed) rejoins with a new member id and re-reads from the committed
+# offsets, which the inbox makes safe; a client that timed out reconnects.
+_TRANSIENT_KAFKA = (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+    IllegalGenerationError,
+)
+
+
 def classify(exc: BaseException) -> FailureClass:
     """Transient or permanent, by type: our markers first, then the PostgreSQL, Kafka and
     OS error trees. Anything unrecognised (a handler bug) is permanent: retrying a bug
     only delays the dead letter an operator needs to see."""
     if isinstance(exc, PermanentError | DecodeError):
         return "permanent"
-    if isinstance(exc, (TransientError, *_TRANSIENT_POSTGRES, TimeoutError, OSError)):
+    if isinstance(exc, (TransientError, *_TRANSIENT_POSTGRES, *_TRANSIENT_KAFKA, TimeoutError, OSError)):
         return "transient"  # OSError covers ConnectionError and socket failures
     if isinstance(exc, KafkaError):
         return "transient" if exc.retriable else "permanent"

@@ -1,5 +1,10 @@
 """The whole platform as child processes: one `sagaline worker NAME` per service and the
-DLQ indexer, each with its own metrics port, supervised until stopped (or one dies)."""
+DLQ indexer, each with its own metrics port, supervised until stopped.
+
+A child that exits is restarted after a backoff (0.5 s, doubling up to 15 s) and the
+platform says so; one that exits more than `MAX_RESTARTS` times within `RESTART_WINDOW_S`
+is given up on with its last log lines, and the platform stops. The others keep running
+meanwhile: a crash of the payment service delays payments, it does not stop orders."""
 
 from __future__ import annotations
 
@@ -9,11 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sagaline.bootstrap import Endpoints
 from sagas.config import SERVICES
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 120.0
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 15.0
 
 
 @dataclass
@@ -22,6 +32,11 @@ class Child:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    exits: list[float] = field(default_factory=list)  # when it exited, within the window
+    restart_at: float | None = None
+
+    def tail(self, lines: int = 3) -> str:
+        return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 class Platform:
@@ -36,24 +51,51 @@ class Platform:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        for number, name in enumerate(self.services, start=1):
+            port = self.base_port + number
+            log = self.log_dir / f"{name}.log"
+            self.children.append(Child(name, port, self._spawn(name, port, log), log))
+
+    def _spawn(self, name: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             "SAGALINE_KAFKA_BOOTSTRAP": self.ends.kafka.bootstrap_servers,
             "SAGALINE_POSTGRES_DSN": self.ends.postgres_dsn,
         }
-        for number, name in enumerate(self.services, start=1):
-            port = self.base_port + number
-            log = self.log_dir / f"{name}.log"
-            with log.open("ab") as out:
-                command = ["dlq", "index"] if name == "dlq" else ["worker", name]
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "sagaline", *command, "--metrics-port", str(port)],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            self.children.append(Child(name, port, process, log))
+        with log.open("ab") as out:
+            command = ["dlq", "index"] if name == "dlq" else ["worker", name]
+            return subprocess.Popen(
+                [sys.executable, "-m", "sagaline", *command, "--metrics-port", str(port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def supervise(self) -> list[str]:
+        """Restart children that exited, each after its backoff; returns what happened, one
+        line per event. RuntimeError when a child exits too often to keep restarting."""
+        events: list[str] = []
+        now = time.monotonic()
+        for child in self.children:
+            code = child.process.poll()
+            if code is None:
+                continue
+            if child.restart_at is None:
+                child.exits = [t for t in child.exits if now - t < RESTART_WINDOW_S] + [now]
+                if len(child.exits) > MAX_RESTARTS:
+                    raise RuntimeError(
+                        f"worker {child.name} exited {len(child.exits)} times within "
+                        f"{RESTART_WINDOW_S:.0f}s (last code {code}), giving up: {child.tail()}"
+                    )
+                delay = min(RESTART_BACKOFF_S * 2 ** (len(child.exits) - 1), RESTART_BACKOFF_MAX_S)
+                child.restart_at = now + delay
+                events.append(f"worker {child.name} exited with {code}; restarting it in {delay:.1f}s")
+            elif now >= child.restart_at:
+                child.process = self._spawn(child.name, child.port, child.log)
+                child.restart_at = None
+                events.append(f"worker {child.name} restarted (pid {child.process.pid})")
+        return events
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Every child answers /readyz (it has partitions assigned)."""
@@ -69,15 +111,16 @@ class Platform:
                 await asyncio.sleep(0.3)
 
     def check_alive(self) -> None:
+        """While starting: a child that exits is a configuration problem, not a crash."""
         for child in self.children:
             code = child.process.poll()
             if code is not None:
-                tail = " | ".join(child.log.read_text(errors="replace").strip().splitlines()[-3:])
-                raise RuntimeError(f"worker {child.name} exited with {code}: {tail}")
+                raise RuntimeError(f"worker {child.name} exited with {code}: {child.tail()}")
 
     def stop(self, deadline_s: float = 30.0) -> dict[str, int]:
         """SIGTERM every child, SIGKILL what is left after the deadline; returns exit codes."""
         for child in self.children:
+            child.restart_at = None
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         end = time.monotonic() + deadline_s

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from producers.admin import ensure_topics
 from sagaline.bootstrap import endpoints, saga_config
-from sagaline.console import fail, out
+from sagaline.console import err, fail, out, safe
 from sagaline.platform import Platform
 from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
 from sagaline.service import serve
@@ -78,7 +78,8 @@ async def _up(settings: Settings, base_port: int) -> None:
         out.print(table)
         out.print(f"Kafka {ends.kafka.bootstrap_servers} — PostgreSQL ready — press Ctrl-C to stop")
         while not stop.is_set():
-            platform.check_alive()
+            for event in platform.supervise():
+                err.print(safe(event), highlight=False)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:

@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from aiokafka.errors import NotEnoughReplicasError, UnsupportedVersionError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaTimeoutError,
+    NotEnoughReplicasError,
+    UnknownMemberIdError,
+    UnsupportedVersionError,
+)
 
 from consumers import lanes as h
 from consumers.errors import PermanentError, TransientError, classify
@@ -43,6 +50,10 @@ def test_lane_names_belong_to_the_group() -> None:
         (ConnectionResetError(), "transient"),
         (TimeoutError(), "transient"),
         (NotEnoughReplicasError(), "transient"),
+        (CommitFailedError("fenced: the group rebalanced"), "transient"),
+        (IllegalStateError("no longer assigned"), "transient"),
+        (KafkaTimeoutError(), "transient"),
+        (UnknownMemberIdError(), "transient"),
         (UnsupportedVersionError(), "permanent"),
         (KeyError("bug"), "permanent"),
     ],
