@@ -2,8 +2,8 @@
 
 Every group owns its lanes, so one event can fail in one service and succeed in another:
 
-    <group>.retry.<n>   n = 1..len(delays), each consumed no earlier than its delay
-    <group>.dlt         the dead-letter topic
+    <topic prefix><group>.retry.<n>   n = 1..len(delays), each consumed no earlier than its delay
+    <topic prefix><group>.dlt         the dead-letter topic
 
 A record keeps its original key, value and headers. Failure metadata is added with
 Spring Kafka's `kafka_dlt-*` header names and encodings (partition int32, offset and
@@ -78,13 +78,18 @@ DEFAULT_DELAYS_S = (1.0, 10.0, 60.0)
 
 @dataclass(frozen=True)
 class Lanes:
-    """The lanes of one consumer group."""
+    """The lanes of one consumer group. `topic_prefix` is the deployment's, as on every topic."""
 
     group: str
     delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
+    topic_prefix: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"{self.topic_prefix}{self.group}"
 
     def retry_topic(self, n: int) -> str:
-        return f"{self.group}.retry.{n}"
+        return f"{self.base}.retry.{n}"
 
     @property
     def retry_topics(self) -> list[str]:
@@ -92,11 +97,11 @@ class Lanes:
 
     @property
     def dlt(self) -> str:
-        return f"{self.group}.dlt"
+        return f"{self.base}.dlt"
 
     def retry_index(self, topic: str) -> int | None:
         """1-based retry lane number of `topic`, or None if it is not one of ours."""
-        prefix = f"{self.group}.retry."
+        prefix = f"{self.base}.retry."
         if topic.startswith(prefix) and topic[len(prefix) :].isdigit():
             n = int(topic[len(prefix) :])
             return n if 1 <= n <= len(self.delays_s) else None
@@ -113,6 +118,12 @@ class Lanes:
         if self.retry_index(topic) is None:
             return now_ms
         return min(due_ms(headers) or 0, now_ms + self.delay_of(topic) * 1000)
+
+
+def first_retry_lane(dlt_topic: str) -> str:
+    """The first retry lane of the group whose dead-letter topic is `dlt_topic`: where a
+    replay goes, so that only that group sees it."""
+    return dlt_topic.removesuffix(".dlt") + ".retry.1"
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from typing import Any
 
 import asyncpg
 
+from consumers.lanes import first_retry_lane
 from dlq import store
-from dlq.record import corrected_record, replay_record, retry_lane
+from dlq.record import corrected_record, replay_record
 from producers import failpoints
 from producers.errors import PublishValidationError
 from producers.publisher import Publisher, parse_payload
@@ -90,7 +91,7 @@ async def replay(
     report = ReplayReport(dry_run=dry_run)
     for entry in entries:
         status = await saga_status(entry.saga_id) if saga_status and entry.saga_id else None
-        lane = retry_lane(entry.consumer_group)
+        lane = first_retry_lane(entry.dlt_topic)
         report.items.append(
             ReplayItem(
                 entry.id, entry.consumer_group, lane, entry.event_id, entry.event_type, entry.saga_id, status
@@ -142,7 +143,7 @@ async def _replay_chunk(
             if rate:
                 await _pace(started, done + number, rate)
             record = replay_record(entry.id, entry.key, entry.value, entry.headers, datetime.now(UTC))
-            lane = retry_lane(entry.consumer_group)
+            lane = first_retry_lane(entry.dlt_topic)
             pending.append((await publisher.enqueue(lane, record), lane))
         for future, lane in pending:
             await Publisher.acknowledged(future, lane, "")
@@ -210,7 +211,7 @@ async def edit(
             )
             raise EditRefused(f"dead letter {entry_id} is {entry.status}{why}: only new ones can be edited")
         corrected = _corrected(entry, payload, type_name, handled_types)
-        lane = retry_lane(entry.consumer_group)
+        lane = first_retry_lane(entry.dlt_topic)
         await publisher.send(
             lane, corrected_record(entry.id, entry.headers, corrected, datetime.now(UTC)), corrected.id
         )

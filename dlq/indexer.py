@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -24,9 +25,14 @@ from producers.connection import KafkaConnection
 log = logging.getLogger(__name__)
 
 
-def dlt_pattern(group_prefix: str = "") -> str:
-    """Every dead-letter topic of the groups of one deployment (its group prefix)."""
-    return f"^{re.escape(group_prefix)}.*\\.dlt$"
+def dlt_pattern(prefix: str = "") -> str:
+    """Every dead-letter topic whose name starts with `prefix`."""
+    return f"^{re.escape(prefix)}.*\\.dlt$"
+
+
+def exact_pattern(topics: Iterable[str]) -> str:
+    """Exactly these topics (a deployment's dead-letter topics, and no other's)."""
+    return "^(" + "|".join(re.escape(topic) for topic in sorted(topics)) + ")$"
 
 
 class Indexer:

@@ -145,10 +145,6 @@ def headers_from_json(stored: Any) -> Headers:
     return headers
 
 
-def retry_lane(group: str) -> str:
-    return f"{group}.retry.1"
-
-
 def _lane_headers(original: Headers, dead_letter_id: int, now: datetime) -> Headers:
     kept_origin = [(k, v) for k, v in original if k in _ORIGIN]
     return [

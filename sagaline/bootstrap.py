@@ -15,11 +15,12 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from dlq.indexer import Indexer, exact_pattern
 from producers.connection import KafkaConnection
 from producers.errors import Unreachable
 from sagaline.localstack.stack import LocalStack
 from sagaline.settings import Settings
-from sagas.config import SagaConfig
+from sagas.config import SERVICES, SagaConfig
 from schemas.topics import TopicMap
 
 log = logging.getLogger(__name__)
@@ -129,4 +130,17 @@ def saga_config(settings: Settings) -> SagaConfig:
         payment_timeout_s=settings.payment_timeout_s,
         stock_timeout_s=settings.stock_timeout_s,
         retry_delays_s=settings.retry_delays_s,
+    )
+
+
+def dlq_indexer(settings: Settings, kafka: KafkaConnection, pool: asyncpg.Pool[Any]) -> Indexer:
+    """The deployment's DLQ indexer: exactly its groups' dead-letter topics (never another
+    deployment's on the same cluster), into its own `dlq` schema, in its own group."""
+    config = saga_config(settings)
+    return Indexer(
+        kafka,
+        pool,
+        config.schema("dlq"),
+        group=f"{config.prefix}sagaline-dlq-index",
+        pattern=exact_pattern(config.lanes(service).dlt for service in SERVICES),
     )

@@ -46,7 +46,7 @@ async def serve(
             await inbox.install(conn, spec.schema)
             if spec.migrate:
                 await spec.migrate(conn)
-        lanes = Lanes(spec.group, spec.delays_s)
+        lanes = Lanes(spec.group, spec.delays_s, spec.topics.prefix)
         uow = UnitOfWork(
             pool,
             schema=spec.schema,

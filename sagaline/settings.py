@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     # --- The saga ----------------------------------------------------------------------
     saga_prefix: str = Field(
         default="",
-        pattern=r"^[a-z0-9_]*$",
-        description="Prefix of the services' PostgreSQL schemas and consumer groups.",
+        pattern=r"^([a-z_][a-z0-9_]*)?$",
+        description="Prefix of the services' PostgreSQL schemas and consumer groups "
+        "(lowercase letters, digits, underscores; not starting with a digit).",
     )
     topic_prefix: str = Field(default="", description="Prefix of every topic name.")
     topic_partitions: int = Field(default=6, ge=1, le=1000)

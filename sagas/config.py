@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from consumers.handlers import Handlers
+from consumers.lanes import Lanes
 from consumers.spec import WorkerSpec
 from producers import migrate
 from producers.db import DbConnection
@@ -33,6 +34,10 @@ class SagaConfig:
 
     def group(self, service: str) -> str:
         return f"{self.prefix}{service}"
+
+    def lanes(self, service: str) -> Lanes:
+        """The service group's retry and dead-letter topics."""
+        return Lanes(self.group(service), self.retry_delays_s, self.topics.prefix)
 
     def source(self, service: str) -> str:
         return f"/sagaline/{service}"

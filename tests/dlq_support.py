@@ -28,7 +28,7 @@ class Operator:
     async def start_indexer(self) -> None:
         async with self.pool.acquire() as conn:
             await store.install(conn, self.schema)
-        prefix = self.saga.config.prefix
+        prefix = self.saga.config.topics.prefix + self.saga.config.prefix
         indexer = Indexer(
             self.saga.kafka, self.pool, self.schema, group=f"{prefix}dlq-index", pattern=dlt_pattern(prefix)
         )

@@ -41,8 +41,8 @@ class LedgerService:
         self.group = f"ledger-{unique}"
         self.schema = f"ledger_{unique}"
         self.delays = delays
-        self.lanes = Lanes(self.group, delays)
         self.topics = TopicMap(prefix=self.prefix, partitions=3, replication=1)
+        self.lanes = Lanes(self.group, delays, self.prefix)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.pool: asyncpg.Pool[Any] | None = None

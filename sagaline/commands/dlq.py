@@ -23,9 +23,8 @@ from rich.table import Table
 from consumers.diagnostics import Redactor
 from consumers.lanes import STACKTRACE_LIMIT
 from dlq import actions, store
-from dlq.indexer import Indexer
 from producers.publisher import Publisher
-from sagaline.bootstrap import close_pool, create_pool, endpoints, saga_config
+from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out, read_input, safe
 from sagaline.ops import OpsServer
 from sagaline.runtime import configure_logging, stop_event_on_signals, supervised
@@ -121,7 +120,8 @@ def index(
         None, "--metrics-port", min=0, max=65535, help="Port for /metrics (0 = any)."
     ),
 ) -> None:
-    """Record every group's dead letters (`*.dlt` topics) in PostgreSQL until SIGTERM."""
+    """Record the dead letters of this deployment's groups (their `.dlt` topics, and no other
+    deployment's) in PostgreSQL until SIGTERM."""
     settings = Settings()
     configure_logging(settings.log_level)
 
@@ -135,9 +135,7 @@ def index(
         try:
             async with pool.acquire() as conn:
                 await store.install(conn, schema)
-            indexer = Indexer(
-                ends.kafka, pool, schema, group=f"{saga_config(settings).prefix}sagaline-dlq-index"
-            )
+            indexer = dlq_indexer(settings, ends.kafka, pool)
             indexed.set_function(lambda: indexer.indexed)
             port = settings.metrics_port if metrics_port is None else metrics_port
             ops = OpsServer(registry, settings.metrics_host, port, ready=lambda: indexer.running)

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers import lanes as h
+from consumers.lanes import Lanes
 from dlq import actions, store
 from producers.admin import ensure_topics
 from producers.connection import KafkaConnection
@@ -133,9 +135,10 @@ async def test_edit_refuses_an_invalid_payload_and_sends_exactly_one_corrected_c
             await actions.edit(operator.pool, publisher, operator.schema, entry.id, fixed, actor="op")
 
 
-async def _craft_dead_letters(kafka: KafkaConnection, group: str, count: int) -> None:
+async def _craft_dead_letters(kafka: KafkaConnection, lanes: Lanes, count: int) -> None:
+    group = lanes.group
     await ensure_topics(
-        kafka, [TopicSpec(f"{group}.dlt", partitions=3), TopicSpec(f"{group}.retry.1", partitions=3)]
+        kafka, [TopicSpec(lanes.dlt, partitions=3), TopicSpec(lanes.retry_topic(1), partitions=3)]
     )
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
@@ -147,24 +150,28 @@ async def _craft_dead_letters(kafka: KafkaConnection, group: str, count: int) ->
             (h.H_ORIGINAL_GROUP, group.encode()),
             (h.H_EXCEPTION_FQCN, b"builtins.KeyError"),
         ]
-        futures.append(await producer.send(f"{group}.dlt", record.value, key=record.key, headers=headers))
+        futures.append(await producer.send(lanes.dlt, record.value, key=record.key, headers=headers))
     await asyncio.gather(*futures)
     await producer.stop()
 
 
-async def test_replay_at_50_per_second_holds_the_rate(
+async def test_replay_at_50_per_second_never_exceeds_the_rate(
     operator: Operator, kafka: KafkaConnection, unique: str
 ) -> None:
-    group = f"{operator.saga.config.prefix}rate"
-    await _craft_dead_letters(kafka, group, 300)
-    await operator.wait_entries(300, group=group)
-    report = await operator.replay(store.Filter(group=group), rate=50.0)
+    """`--rate` is a ceiling an operator relies on to spare a recovering service: the
+    records' broker timestamps never come faster than it (a slow machine only spreads them
+    further, so this cannot flake; how close it gets to the rate is not asserted)."""
+    config = operator.saga.config
+    lanes = Lanes(f"{config.prefix}rate", topic_prefix=config.topics.prefix)
+    await _craft_dead_letters(kafka, lanes, 300)
+    await operator.wait_entries(300, group=lanes.group)
+    before_ms = time.time() * 1000
+    report = await operator.replay(store.Filter(group=lanes.group), rate=50.0)
     assert report.sent == 300
-    records = await read_all(kafka, f"{group}.retry.1", at_least=300)
+    records = await read_all(kafka, lanes.retry_topic(1), at_least=300)
     stamps = sorted(r.timestamp for r in records)
-    span_s = (stamps[-1] - stamps[0]) / 1000
-    achieved = (len(stamps) - 1) / span_s
-    assert 45 <= achieved <= 52, f"{achieved:.1f}/s over {span_s:.2f}s"
+    early = [k for k, stamp in enumerate(stamps) if stamp < before_ms + k * 1000 / 50 - 5]
+    assert early == [], "records sent before their turn at 50/s"
 
 
 def _cli(operator: Operator, *args: str) -> subprocess.CompletedProcess[str]:

@@ -168,7 +168,7 @@ async def test_an_edit_changes_payload_fields_only_and_never_a_replayed_entry(
     group = entry.consumer_group
     untyped_payload = {"order_id": "o-untyped", "total": {"amount_minor": 1, "currency": "EUR"}}
     async with Publisher(kafka, source="/tests") as publisher:
-        await publisher.send(f"{group}.dlt", _untyped(group, untyped_payload), "x")
+        await publisher.send(entry.dlt_topic, _untyped(group, untyped_payload), "x")
     [untyped] = await operator.wait_entries(1, saga_id="o-untyped")
     confirmed = tmp_path / "confirmed.json"
     confirmed.write_text(json.dumps(untyped_payload))

@@ -33,7 +33,7 @@ async def test_replaying_10000_dead_letters_ends_every_saga_with_invariants_inta
     async with saga.pool.acquire() as conn:
         await store.install(conn, schema)
     stop = asyncio.Event()
-    prefix = saga.config.prefix
+    prefix = saga.config.topics.prefix + saga.config.prefix
     indexer = Indexer(kafka, saga.pool, schema, group=f"{prefix}dlq-index", pattern=dlt_pattern(prefix))
     indexing = asyncio.create_task(indexer.run(stop))
     try:

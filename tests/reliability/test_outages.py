@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from consumers.lanes import Lanes
 from producers.connection import KafkaConnection
 from sagaline.localstack import postgres
 from sagaline.localstack.stack import ensure_database
@@ -87,7 +86,7 @@ async def test_a_postgresql_outage_mid_load_delays_sagas_but_ends_every_one(
         statuses = await saga.scalar("SELECT count(DISTINCT status) FROM {order}.orders")
         assert statuses == 2  # both outcomes happened: the outage did not flatten the mix
         for service in ("order", "payment", "inventory", "tracker"):
-            dlt = Lanes(saga.config.group(service)).dlt
+            dlt = saga.config.lanes(service).dlt
             assert await read_all(kafka, dlt, at_least=0, timeout_s=3) == [], f"{service} dead-lettered"
     finally:
         await saga.close()
