@@ -41,6 +41,17 @@ async def start_admin(kafka: KafkaConnection) -> AIOKafkaAdminClient:
     return admin
 
 
+def durability(replication: int) -> dict[str, str]:
+    """Topic configs every sagaline topic gets for its effective replication factor: never
+    elect an out-of-sync replica (it would lose acknowledged records), and with three or
+    more replicas an `acks=all` write needs two of them, so one broker may fail without
+    losing a write or stopping them."""
+    configs = {"unclean.leader.election.enable": "false"}
+    if replication >= 3:
+        configs["min.insync.replicas"] = "2"
+    return configs
+
+
 async def ensure_topics(
     kafka: KafkaConnection, specs: Sequence[TopicSpec], timeout_s: float = 30.0
 ) -> TopicReport:
@@ -57,7 +68,7 @@ async def ensure_topics(
                     s.name,
                     num_partitions=s.partitions,
                     replication_factor=min(s.replication or 3, brokers),
-                    topic_configs=s.configs,
+                    topic_configs={**durability(min(s.replication or 3, brokers)), **s.configs},
                 )
                 for s in missing
             ]
@@ -105,9 +116,10 @@ async def _drift(admin: AIOKafkaAdminClient, spec: TopicSpec, brokers: int) -> l
     have_rf = min(len(p["replicas"]) for p in partitions)
     if have_rf < want_rf:
         problems.append(f"replication {have_rf} < {want_rf}")
-    if spec.configs:
-        actual = await topic_configs(admin, spec.name, list(spec.configs))
-        for key, value in spec.configs.items():
+    wanted = {**durability(want_rf), **spec.configs}
+    if wanted:
+        actual = await topic_configs(admin, spec.name, list(wanted))
+        for key, value in wanted.items():
             if actual.get(key) != value:
                 problems.append(f"{key}={actual.get(key)} (want {value})")
     return problems

@@ -105,10 +105,33 @@ def build_handlers(config: SagaConfig) -> Any:
                 f"SELECT {_COLUMNS} FROM {table} WHERE idempotency_key = $1", command.idempotency_key
             )
             by_id = await load(ctx.conn, ctx.schema, command.order_id)
+            early = await ctx.conn.fetchval(
+                f"SELECT true FROM {qualified(ctx.schema, 'early_cancellations')} WHERE order_id = $1",
+                command.order_id,
+            )
             decision = place(
-                command, _from_row(key_row) if key_row else None, by_id, datetime.now(UTC), timeouts
+                command,
+                _from_row(key_row) if key_row else None,
+                by_id,
+                datetime.now(UTC),
+                timeouts,
+                cancelled_early=bool(early),
             )
             await _apply(ctx, decision)
+
+        @handlers.on(m.CancelOrder)
+        async def on_cancel(ctx: HandlerContext, command: m.CancelOrder) -> None:
+            await ctx.lock(command.order_id)  # the same lock PlaceOrder takes: one sees the other
+            order = await load(ctx.conn, ctx.schema, command.order_id)
+            if order is None:  # it overtook its PlaceOrder: remembered for when that arrives
+                await ctx.conn.execute(
+                    f"INSERT INTO {qualified(ctx.schema, 'early_cancellations')} (order_id, reason)"
+                    " VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING",
+                    command.order_id,
+                    command.reason,
+                )
+                return
+            await _apply(ctx, decide(order, command, datetime.now(UTC), timeouts))
 
         async def on_event(ctx: HandlerContext, message: m.Message) -> None:
             order = await load(ctx.conn, ctx.schema, message.order_id)
@@ -118,7 +141,6 @@ def build_handlers(config: SagaConfig) -> Any:
             await _apply(ctx, decide(order, message, datetime.now(UTC), timeouts))
 
         for message_type in (
-            m.CancelOrder,
             m.PaymentCompleted,
             m.PaymentFailed,
             m.PaymentRefunded,

@@ -6,6 +6,11 @@
     any open state --CancelOrder / deadline--> CANCELLING(reason)    (emits OrderCancelling)
     CONFIRMED --CancelOrder--> CANCELLING(customer_request)
     CANCELLING --compensations done--> CANCELLED                       (emits OrderCancelled)
+    (none) --CancelOrder, then PlaceOrder--> CANCELLED                  (emits OrderCancelled only)
+
+Retry lanes break per-key order, so a CancelOrder can overtake its PlaceOrder: the order
+service remembers it, and the PlaceOrder then opens the order already cancelled, before
+any participant heard of it — nothing is charged or reserved, nothing to compensate.
 
 Compensations are done when the payment was declined, or when it was refunded and the
 stock was rejected or released. Participants answer every order exactly once with a
@@ -74,13 +79,24 @@ def request_hash(command: m.PlaceOrder) -> str:
 
 
 def place(
-    command: m.PlaceOrder, by_key: Order | None, by_id: Order | None, now: datetime, timeouts: Timeouts
+    command: m.PlaceOrder,
+    by_key: Order | None,
+    by_id: Order | None,
+    now: datetime,
+    timeouts: Timeouts,
+    cancelled_early: bool = False,
 ) -> Decision:
-    """A new order — unless the idempotency key or the order id was used before."""
+    """A new order — unless the idempotency key or the order id was used before. An order
+    whose cancellation arrived first (`cancelled_early`) opens cancelled."""
     digest = request_hash(command)
     if by_key is not None:
         if by_key.request_hash == digest:
-            return Decision(None)  # a retry: the original order stands, nothing new happens
+            if by_key.order_id == command.order_id:
+                return Decision(None)  # a retry: the original order stands, nothing new happens
+            # the same request under another order id: no second order, and an answer for this
+            # id so that its saga ends (the tracker would otherwise show it requested forever)
+            reason = f"a repeat of order {by_key.order_id!r} (same idempotency key and request)"
+            return Decision(None, (_rejected(command, reason),))
         reason = f"idempotency key {command.idempotency_key!r} was used for a different request"
         return Decision(None, (_rejected(command, reason),))
     if by_id is not None:
@@ -96,6 +112,9 @@ def place(
         status="PENDING_PAYMENT",
         deadline_at=now + timeouts.payment,
     )
+    if cancelled_early:
+        cancelled = replace(order, status="CANCELLED", cancel_reason="customer_request", deadline_at=None)
+        return Decision(cancelled, (m.OrderCancelled(order_id=order.order_id, reason="customer_request"),))
     placed = m.OrderPlaced(
         order_id=order.order_id, customer_id=order.customer_id, items=list(order.items), total=order.total
     )

@@ -70,18 +70,23 @@ async def record(ctx: HandlerContext, message: m.Message) -> None:
     status, step = TRANSITIONS[type(message)]
     if isinstance(message, m.PaymentCompleted):
         status = "AWAITING_STOCK"
-    # Events of different topics arrive in any order: a status only ever moves forward.
+    # Events of different topics arrive in any order: a status only ever moves forward. A
+    # rejection ends only a saga that never started: an OrderRejected for a request that
+    # reused an existing order's id is about that request, not about the order.
     rank = f"array_position(ARRAY{list(STATUS_ORDER)}::text[], {{}})"
-    advances = f"{rank.format('$3')} > {rank.format('s.status')}"
+    applies = (
+        f"({rank.format('$3')} > {rank.format('s.status')} AND ($3 <> 'REJECTED' OR s.status = 'REQUESTED'))"
+    )
     await ctx.conn.execute(
         f"INSERT INTO {sagas} AS s"
         " (order_id, saga_id, status, step, reason, started_at, updated_at, last_event)"
         " VALUES ($1, $2, COALESCE($3, 'REQUESTED'), $4, $5, $6, $6, $7)"
         " ON CONFLICT (order_id) DO UPDATE SET"
-        f"  status = CASE WHEN {advances} THEN $3 ELSE s.status END,"
-        f"  step = CASE WHEN {advances} OR s.status <> ALL(ARRAY{list(TERMINAL_STATUSES)}::text[])"
-        "              THEN $4 ELSE s.step END,"
-        "  reason = COALESCE($5, s.reason),"
+        f"  status = CASE WHEN {applies} THEN $3 ELSE s.status END,"
+        f"  step = CASE WHEN {applies} OR (s.status <> ALL(ARRAY{list(TERMINAL_STATUSES)}::text[])"
+        "              AND COALESCE($3, '') <> 'REJECTED') THEN $4 ELSE s.step END,"
+        f"  reason = CASE WHEN $3 = 'REJECTED' AND NOT {applies} THEN s.reason"
+        "               ELSE COALESCE($5, s.reason) END,"
         "  started_at = LEAST(s.started_at, $6),"
         "  updated_at = GREATEST(s.updated_at, $6),"
         "  last_event = $7",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from producers.admin import ensure_topics, topic_configs
 from producers.connection import KafkaConnection
@@ -36,10 +36,20 @@ async def test_rf3_topic_produce_and_consume(kafka_cluster3: KafkaConnection, un
             await asyncio.sleep(0.2)
         assert {len(p["replicas"]) for p in description["partitions"]} == {3}
         assert {len(p["isr"]) for p in description["partitions"]} == {3}
-        configs = await topic_configs(admin, topic, ["min.insync.replicas"])
-        assert configs == {"min.insync.replicas": "2"}
+        configs = await topic_configs(admin, topic, ["min.insync.replicas", "unclean.leader.election.enable"])
+        assert configs == {"min.insync.replicas": "2", "unclean.leader.election.enable": "false"}
+        weak = f"it.rf3weak.{unique}"  # as another tool might have created it
+        await admin.create_topics(
+            [
+                NewTopic(
+                    weak, num_partitions=3, replication_factor=3, topic_configs={"min.insync.replicas": "1"}
+                )
+            ]
+        )
     finally:
         await admin.close()
+    drift = (await ensure_topics(kafka_cluster3, [TopicSpec(weak, partitions=3, replication=3)])).drift
+    assert drift == {weak: ["min.insync.replicas=1 (want 2)"]}
 
     producer = AIOKafkaProducer(**kafka_cluster3.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()

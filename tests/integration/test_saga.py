@@ -91,6 +91,34 @@ async def test_customer_cancellation_before_payment(saga: SagaPlatform) -> None:
     await _assert_balanced(saga)
 
 
+async def test_a_cancellation_that_overtakes_its_order_cancels_it_with_nothing_charged(
+    saga: SagaPlatform,
+) -> None:
+    """Setup: the saga, all services running.
+    Fault: the CancelOrder reaches the order service before its PlaceOrder (as when the
+    PlaceOrder waited in a retry lane after a database blip).
+    Validate: the order ends CANCELLED by the customer, nothing is charged or reserved,
+    the cancellation is not dead-lettered, and the tracker shows the saga ended."""
+    await saga.start()
+    await saga.publish(CancelOrder(order_id="o-early", idempotency_key="cancel-o-early"))
+    await saga.publish(order("o-early"))
+    result = await saga.wait_status("o-early", "CANCELLED")
+    assert result["cancel_reason"] == "customer_request"
+    assert await saga.scalar("SELECT count(*) FROM {payment}.payments") == 0
+    assert (
+        await saga.scalar("SELECT balance_minor FROM {payment}.accounts WHERE customer_id = 'alice'")
+        == 100_000
+    )
+    assert await saga.scalar("SELECT available FROM {inventory}.stock WHERE sku = 'mug'") == 100
+
+    async def tracked_as_cancelled() -> bool:
+        status = await saga.scalar("SELECT status FROM {tracker}.sagas WHERE order_id = 'o-early'")
+        return bool(status == "CANCELLED")
+
+    await wait_until(tracked_as_cancelled)
+    await _assert_balanced(saga)
+
+
 async def test_customer_cancellation_after_payment(saga: SagaPlatform) -> None:
     await saga.start("order", "payment", "tracker")  # inventory is not answering yet
     await saga.publish(order("o-5"))
@@ -147,6 +175,41 @@ async def test_a_duplicate_request_makes_one_order_and_a_changed_body_is_rejecte
     assert rejection.order_id == "o-7b"
     assert "used for a different request" in rejection.reason  # type: ignore[attr-defined]
     await _assert_balanced(saga)
+
+
+async def test_the_tracker_keeps_an_order_a_reused_id_was_rejected_for_and_ends_a_repeat(
+    saga: SagaPlatform,
+) -> None:
+    """Setup: order o-t1 confirmed.
+    Fault: another request reuses o-t1's order id (with its own key); the first request is
+    repeated under a new order id o-t2 (same key and body).
+    Validate: o-t1 stays CONFIRMED in the tracker (the rejection is only in its timeline);
+    o-t2 ends REJECTED as a repeat of o-t1; there is still one order and one charge."""
+    await saga.start()
+    first = order("o-t1")
+    await saga.publish(first)
+    await saga.wait_status("o-t1", "CONFIRMED")
+    await saga.publish(
+        order("o-t1", items=[("mug", 3, 1500)]).model_copy(update={"idempotency_key": "other-key-t1"})
+    )
+    await saga.publish(first.model_copy(update={"order_id": "o-t2"}))
+
+    async def both_answered() -> bool:
+        rejections = await saga.scalar(
+            "SELECT count(*) FROM {tracker}.timeline"
+            " WHERE type = 'OrderRejected' AND order_id IN ('o-t1', 'o-t2')"
+        )
+        return bool(rejections == 2)
+
+    await wait_until(both_answered)
+    rows = await saga.pool.fetch(  # type: ignore[union-attr]
+        f'SELECT order_id, status, reason FROM "{saga.config.schema("tracker")}".sagas'
+        " WHERE order_id IN ('o-t1', 'o-t2') ORDER BY order_id"
+    )
+    assert [(r["order_id"], r["status"]) for r in rows] == [("o-t1", "CONFIRMED"), ("o-t2", "REJECTED")]
+    assert "a repeat of order 'o-t1'" in rows[1]["reason"]
+    assert await saga.scalar("SELECT count(*) FROM {order}.orders") == 1
+    assert await saga.scalar("SELECT count(*) FROM {payment}.payments") == 1
 
 
 async def test_the_tracker_shows_the_whole_timeline(saga: SagaPlatform) -> None:

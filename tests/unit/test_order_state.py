@@ -66,7 +66,10 @@ def test_placing_an_order_emits_order_placed_with_the_total_and_a_payment_deadli
 def test_the_same_key_and_body_is_the_original_order_and_a_different_body_is_rejected() -> None:
     original = placed_order()
     assert place(request(), original, original, NOW, TIMEOUTS).events == ()
-    assert place(request(order_id="o-2"), original, None, NOW, TIMEOUTS).events == ()  # a retry with a new id
+    [repeat] = place(request(order_id="o-2"), original, None, NOW, TIMEOUTS).events  # same request, new id
+    assert isinstance(repeat, m.OrderRejected)
+    assert repeat.order_id == "o-2"
+    assert "a repeat of order 'o-1'" in repeat.reason
     [rejected] = place(request(quantity=3), original, original, NOW, TIMEOUTS).events
     assert isinstance(rejected, m.OrderRejected)
     assert "used for a different request" in rejected.reason
@@ -175,3 +178,12 @@ def test_stock_answers_overtaking_the_payment_answer_still_confirm_or_cancel() -
     assert (order.status, order.cancel_reason, events) == ("CANCELLING", "out_of_stock", [])
     order, events = run(order, REFUNDED)
     assert (order.status, events) == ("CANCELLED", ["OrderCancelled"])
+
+
+def test_an_order_whose_cancellation_overtook_it_opens_cancelled_and_reaches_no_participant() -> None:
+    decision = place(request(), None, None, NOW, TIMEOUTS, cancelled_early=True)
+    assert decision.state is not None
+    assert (decision.state.status, decision.state.cancel_reason) == ("CANCELLED", "customer_request")
+    assert [type(e).__name__ for e in decision.events] == ["OrderCancelled"]  # no OrderPlaced
+    original = placed_order()  # a retry of a request already placed stays what it was
+    assert place(request(), original, original, NOW, TIMEOUTS, cancelled_early=True).events == ()
