@@ -4,7 +4,16 @@ and is skipped, so an effect is applied once however often Kafka delivers it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
 from producers.db import DbConnection, qualified
+
+log = logging.getLogger(__name__)
 
 
 def ddl(schema: str) -> str:
@@ -60,11 +69,36 @@ async def claim_many(
     return {row["event_id"] for row in rows}
 
 
-async def prune(conn: DbConnection, schema: str, retention_s: float) -> int:
-    """Forget rows older than the retention, which must exceed any redelivery window."""
-    status = await conn.execute(
-        f"DELETE FROM {qualified(schema, 'inbox')}"
-        " WHERE processed_at < clock_timestamp() - make_interval(secs => $1)",
-        retention_s,
-    )
-    return int(status.split()[-1])
+PRUNE_BATCH = 10_000
+
+
+async def prune(conn: DbConnection, schema: str, retention_s: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Forget rows older than the retention, which must exceed any redelivery window (retry
+    lanes, outages, replays: `dlq replay` refuses entries older than it). Deletes in batches,
+    each its own short statement, so pruning never holds many row locks for long."""
+    table = qualified(schema, "inbox")
+    removed = 0
+    while True:
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
+            " WHERE processed_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
+            retention_s,
+            batch,
+        )
+        deleted = int(status.split()[-1])
+        removed += deleted
+        if deleted < batch:
+            return removed
+
+
+async def prune_loop(
+    pool: asyncpg.Pool[Any], schema: str, retention_s: float, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Prune every `interval_s` until `stop` (a service's background loop)."""
+    while not stop.is_set():
+        async with pool.acquire() as conn:
+            removed = await prune(conn, schema, retention_s)
+        if removed:
+            log.info("%s: pruned %d inbox rows older than %.0fs", schema, removed, retention_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -45,6 +45,7 @@ Progress = Callable[[int, int], None]
 REPLAYABLE = ("new", "replayed")
 EDITABLE = ("new",)
 CHUNK = 200  # entries per replay transaction
+STALE_MARGIN_S = 3600.0
 _EDIT_NAMESPACE = uuid.UUID("3d1b6c52-9a4f-4b7e-8d2e-64c71e0f5a10")
 
 
@@ -65,6 +66,7 @@ class ReplayReport:
     items: list[ReplayItem] = field(default_factory=list)
     sent: int = 0
     skipped: list[int] = field(default_factory=list)  # held or changed by another action
+    stale: list[int] = field(default_factory=list)  # older than the inbox remembers: not sent
     seconds: float = 0.0
 
 
@@ -80,15 +82,24 @@ async def replay(
     saga_status: SagaStatus | None = None,
     progress: Progress | None = None,
     limit: int = 1_000_000,
+    inbox_retention_s: float | None = None,
 ) -> ReplayReport:
     """Send the selected entries back to their group's retry lane (due at once), keeping key,
     value, event id and idempotency key; mark them replayed once the broker acknowledged.
-    Default selection: status new (new or replayed when ids are given)."""
+    Default selection: status new (new or replayed when ids are given).
+
+    A replay is safe because the group's inbox drops an event it applied — but only while
+    it remembers: an entry whose last failure or replay is older than `inbox_retention_s`
+    (less an hour's margin) is not sent and is reported `stale`."""
     if not flt.statuses:
         flt = store.Filter(**{**flt.__dict__, "statuses": REPLAYABLE if flt.ids else ("new",)})
     async with pool.acquire() as conn:
         entries = await store.select(conn, schema, flt, limit=limit)
     report = ReplayReport(dry_run=dry_run)
+    if inbox_retention_s is not None:
+        horizon = datetime.now(UTC) - timedelta(seconds=max(inbox_retention_s - STALE_MARGIN_S, 0))
+        report.stale = [e.id for e in entries if _last_touched(e) < horizon]
+        entries = [e for e in entries if _last_touched(e) >= horizon]
     for entry in entries:
         status = await saga_status(entry.saga_id) if saga_status and entry.saga_id else None
         lane = first_retry_lane(entry.dlt_topic)
@@ -155,6 +166,12 @@ async def _replay_chunk(
             details={"rate": rate, "ids": sent},
         )  # fmt: skip
     return sent
+
+
+def _last_touched(entry: store.Entry) -> datetime:
+    """When the group last saw this event: its last failure, or the last replay after it."""
+    times = [t for t in (entry.last_failure, entry.replayed_at) if t is not None]
+    return max(times) if times else (entry.indexed_at or datetime.now(UTC))
 
 
 async def _pace(started: float, number: int, rate: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,12 +45,18 @@ class Indexer:
         *,
         group: str = "sagaline-dlq-index",
         pattern: str | None = None,
+        retention_s: float | None = None,
+        prune_interval_s: float = 300.0,
     ) -> None:
+        """`retention_s`: prune entries operators are done with (`store.prune`) every
+        `prune_interval_s`; None keeps everything."""
         self.kafka = kafka
         self.pool = pool
         self.schema = schema
         self.group = group
         self.pattern = pattern or dlt_pattern()
+        self.retention_s = retention_s
+        self.prune_interval_s = prune_interval_s
         self.indexed = 0
         self.running = False
 
@@ -64,8 +71,13 @@ class Indexer:
         consumer.subscribe(pattern=self.pattern)
         await consumer.start()
         self.running = True
+        last_prune = 0.0
         try:
             while not stop.is_set():
+                if self.retention_s is not None and time.monotonic() - last_prune > self.prune_interval_s:
+                    async with self.pool.acquire() as conn:
+                        await store.prune(conn, self.schema, self.retention_s)
+                    last_prune = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=500, max_records=1000)
                 if not batch:
                     continue

@@ -85,6 +85,8 @@ class Entry:
     last_failure: datetime | None
     replay_of: int | None
     replay_count: int
+    replayed_at: datetime | None = None
+    indexed_at: datetime | None = None
     stacktrace: str | None = field(default=None, repr=False)
     key: bytes | None = field(default=None, repr=False)
     value: bytes | None = field(default=None, repr=False)
@@ -94,7 +96,8 @@ class Entry:
 _SUMMARY = (
     "id, status, consumer_group, dlt_topic, dlt_partition, dlt_offset, source_topic, source_partition,"
     " source_offset, event_id, event_type, saga_id, record_key, failure_class, exception_type,"
-    " exception_message, attempts, first_failure, last_failure, replay_of, replay_count"
+    " exception_message, attempts, first_failure, last_failure, replay_of, replay_count, replayed_at,"
+    " indexed_at"
 )
 
 
@@ -199,6 +202,22 @@ async def mark(conn: DbConnection, schema: str, ids: list[int], status: str) -> 
         ids,
         status,
     )
+
+
+async def prune(conn: DbConnection, schema: str, retention_s: float) -> int:
+    """Delete entries an operator is done with (replayed, resolved, archived) whose last
+    change is older than the retention; `new` entries stay until someone acts on them."""
+    table = qualified(schema, "dead_letters")
+    old = (
+        "status IN ('replayed', 'resolved', 'archived') AND GREATEST(indexed_at, replayed_at, resolved_at)"
+        " < clock_timestamp() - make_interval(secs => $1)"
+    )
+    await conn.execute(
+        f"UPDATE {table} SET replay_of = NULL WHERE replay_of IN (SELECT id FROM {table} WHERE {old})",
+        retention_s,
+    )
+    status = await conn.execute(f"DELETE FROM {table} WHERE {old}", retention_s)
+    return int(status.split()[-1])
 
 
 async def delete(conn: DbConnection, schema: str, flt: Filter) -> int:

@@ -143,4 +143,6 @@ def dlq_indexer(settings: Settings, kafka: KafkaConnection, pool: asyncpg.Pool[A
         config.schema("dlq"),
         group=f"{config.prefix}sagaline-dlq-index",
         pattern=exact_pattern(config.lanes(service).dlt for service in SERVICES),
+        retention_s=settings.dlq_retention_s,
+        prune_interval_s=settings.prune_interval_s,
     )

@@ -89,6 +89,14 @@ async def serve(
             if spec.run_relay:
                 relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
                 loops[f"{spec.name}-relay"] = lambda: relay.run(stop)
+            loops[f"{spec.name}-inbox-prune"] = partial(
+                inbox.prune_loop,
+                pool,
+                spec.schema,
+                settings.inbox_retention_s,
+                settings.prune_interval_s,
+                stop,
+            )
             for number, background in enumerate(spec.background):
                 loops[f"{spec.name}-background-{number}"] = partial(background, pool, stop)
             tasks = [

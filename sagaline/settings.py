@@ -90,6 +90,21 @@ class Settings(BaseSettings):
             return tuple(float(part) for part in value.strip("[]() ").split(",") if part.strip())
         return value
 
+    # --- Retention ------------------------------------------------------------------
+    inbox_retention_s: float = Field(
+        default=14 * 24 * 3600.0,
+        ge=3600,
+        description="How long a service remembers an applied event id. Must exceed any "
+        "redelivery window; `dlq replay` refuses entries older than it.",
+    )
+    dlq_retention_s: float = Field(
+        default=90 * 24 * 3600.0,
+        ge=3600,
+        description="How long replayed, resolved and archived dead letters stay in the index "
+        "(`new` ones stay until an operator acts).",
+    )
+    prune_interval_s: float = Field(default=300.0, gt=0, description="How often retention is applied.")
+
     # --- Operators ------------------------------------------------------------------
     operator: str | None = Field(
         default=None, description="Who runs DLQ actions, for the audit trail (default: the OS user)."

@@ -354,11 +354,13 @@ def replay(
                     rate=per_second,
                     saga_status=_saga_status(pool, settings),
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    inbox_retention_s=settings.inbox_retention_s,
                 )
 
     report = asyncio.run(_with_pool(settings, work))
     if json_output:
         emit_json({"dry_run": report.dry_run, "sent": report.sent, "skipped": report.skipped,
+                   "stale": report.stale,
                    "seconds": round(report.seconds, 2),
                    "items": [asdict(i) for i in report.items]})  # fmt: skip
         return
@@ -378,6 +380,11 @@ def replay(
     out.print(
         f"{verb} {len(report.items) if dry_run else report.sent} dead letter(s) in {report.seconds:.1f}s"
     )
+    if report.stale:
+        out.print(
+            f"[yellow]not sent[/] {len(report.stale)} older than the inbox retention (the group may have"
+            f" forgotten applying them; replaying could apply them twice): {report.stale[:20]}"
+        )
     if report.skipped:
         out.print(f"skipped {len(report.skipped)} held or changed by another action: {report.skipped[:20]}")
 

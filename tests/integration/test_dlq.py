@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers import lanes as h
-from consumers.lanes import Lanes
+from consumers.lanes import Lanes, first_retry_lane
 from dlq import actions, store
 from producers.admin import ensure_topics
 from producers.connection import KafkaConnection
@@ -61,7 +61,7 @@ async def test_poison_is_indexed_fixed_and_replayed_exactly_once_only_to_the_fai
     assert entry.source_topic == saga.config.topics.orders
     assert (await saga.status("o-1") or {})["status"] == "PENDING_PAYMENT"
 
-    lane = f"{entry.consumer_group}.retry.1"
+    lane = first_retry_lane(entry.dlt_topic)
     dry = await operator.replay(store.Filter(ids=(entry.id,)), dry_run=True)
     assert [(i.id, i.lane) for i in dry.items] == [(entry.id, lane)]
     assert dry.sent == 0
@@ -112,7 +112,7 @@ async def test_edit_refuses_an_invalid_payload_and_sends_exactly_one_corrected_c
     [entry] = await operator.wait_entries(1, group=saga.config.group("order"))
     tracker_entries = await operator.wait_entries(1, group=saga.config.group("tracker"))
     assert entry.exception_type == tracker_entries[0].exception_type == "schemas.errors.ContractViolation"
-    lane = f"{entry.consumer_group}.retry.1"
+    lane = first_retry_lane(entry.dlt_topic)
 
     async with Publisher(kafka, source="/sagaline/dlq") as publisher:
         with pytest.raises(actions.EditRefused) as refused:
@@ -180,6 +180,7 @@ def _cli(operator: Operator, *args: str) -> subprocess.CompletedProcess[str]:
         "SAGALINE_KAFKA_BOOTSTRAP": operator.saga.kafka.bootstrap_servers,
         "SAGALINE_POSTGRES_DSN": operator.saga.postgres_dsn,
         "SAGALINE_SAGA_PREFIX": operator.saga.config.prefix,
+        "SAGALINE_TOPIC_PREFIX": operator.saga.config.topics.prefix,
         "SAGALINE_OPERATOR": "cli-operator",
     }
     return subprocess.run(
@@ -195,8 +196,9 @@ def _cli(operator: Operator, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_the_cli_lists_groups_shows_archives_and_purges(
     operator: Operator, kafka: KafkaConnection, unique: str
 ) -> None:
-    group = f"{operator.saga.config.prefix}cli"
-    await _craft_dead_letters(kafka, group, 5)
+    config = operator.saga.config
+    group = f"{config.prefix}cli"
+    await _craft_dead_letters(kafka, Lanes(group, topic_prefix=config.topics.prefix), 5)
     entries = await operator.wait_entries(5, group=group)
 
     stats = json.loads(_cli(operator, "stats", "--group", group, "--json").stdout)

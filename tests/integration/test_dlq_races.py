@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from consumers import lanes as h
+from consumers.lanes import first_retry_lane
 from dlq import actions, store
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
@@ -70,7 +71,7 @@ def _cli(operator: Operator, *args: str, failpoint: str = "") -> subprocess.Comp
 async def _applied_once(operator: Operator, entry: store.Entry, kafka: KafkaConnection, sends: int) -> None:
     saga = operator.saga
     await saga.wait_status(entry.saga_id or "", "CONFIRMED")
-    lane = await read_all(kafka, f"{entry.consumer_group}.retry.1", at_least=sends)
+    lane = await read_all(kafka, first_retry_lane(entry.dlt_topic), at_least=sends)
     assert len(lane) == sends
     assert len({dict(r.headers)["ce_id"] for r in lane}) == 1  # every send carried one event id
     assert await saga.scalar(CHARGED) == 97_000
