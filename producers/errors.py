@@ -20,9 +20,12 @@ class DeliveryError(PublishError):
     """The broker did not acknowledge the record. Retrying is safe: a retry carries the same
     event id, so consumers drop a duplicate. `outcome_unknown` means it may have been written."""
 
-    def __init__(self, message: str, *, outcome_unknown: bool) -> None:
+    def __init__(self, message: str, *, outcome_unknown: bool, record_refused: bool = False) -> None:
+        """`record_refused`: this record itself can never be accepted as it is (too large,
+        invalid); retrying it is pointless, the others are unaffected."""
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+        self.record_refused = record_refused
 
 
 class Unreachable(ConnectionError):

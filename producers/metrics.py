@@ -24,6 +24,13 @@ class RelayMetrics:
             ["schema", "topic"],
             registry=registry,
         )
+        self.parked = Gauge(
+            "sagaline_outbox_parked",
+            "Outbox rows the broker refuses for what they are (too large, invalid), set aside for an "
+            "operator (`sagaline outbox parked`).",
+            ["schema"],
+            registry=registry,
+        )
         self.publish_failures = Counter(
             "sagaline_outbox_publish_failures_total",
             "Outbox sends the broker did not acknowledge (retried on the next pass).",

@@ -40,6 +40,10 @@ def ddl(schema: str) -> str:
         published_at timestamptz,
         attempts     integer     NOT NULL DEFAULT 0
     );
+    -- a row the broker refuses for what it is (too large, invalid) is parked, not retried
+    -- forever: the rest of its bucket moves on, and an operator sees it (sagaline outbox parked)
+    ALTER TABLE {table} ADD COLUMN IF NOT EXISTS parked_at timestamptz;
+    ALTER TABLE {table} ADD COLUMN IF NOT EXISTS park_reason text;
     CREATE INDEX IF NOT EXISTS outbox_pending ON {table} (bucket, id) WHERE published_at IS NULL;
     CREATE INDEX IF NOT EXISTS outbox_published ON {table} (published_at) WHERE published_at IS NOT NULL;
     """

@@ -15,7 +15,20 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, RequestTimedOutError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    RequestTimedOutError,
+    UnsupportedForMessageFormatError,
+)
 
 from producers.connection import KafkaConnection
 from producers.errors import DeliveryError, PublishValidationError, Unreachable
@@ -133,6 +146,21 @@ def parse_payload(type_name: str, payload: Any) -> Message:
         raise PublishValidationError(f"unknown message type {type_name!r}", [("(type)", "unknown")]) from None
 
 
+# Errors about one record, not about the broker or the client: the record will never be
+# accepted as it is, and other records are not affected.
+_RECORD_REFUSED = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    UnsupportedForMessageFormatError,
+)
+
+
 def _delivery_error(exc: KafkaError) -> DeliveryError:
     unknown = isinstance(exc, KafkaTimeoutError | RequestTimedOutError)
-    return DeliveryError(f"{type(exc).__name__}: {exc}", outcome_unknown=unknown)
+    refused = isinstance(exc, _RECORD_REFUSED)
+    return DeliveryError(f"{type(exc).__name__}: {exc}", outcome_unknown=unknown, record_refused=refused)

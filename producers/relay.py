@@ -73,7 +73,7 @@ class OutboxRelay:
         buckets = [
             r["bucket"]
             for r in await self.pool.fetch(
-                f"SELECT DISTINCT bucket FROM {self.table} WHERE published_at IS NULL"
+                f"SELECT DISTINCT bucket FROM {self.table} WHERE published_at IS NULL AND parked_at IS NULL"
             )
         ]
         limit = asyncio.Semaphore(self.options.concurrency)
@@ -98,7 +98,7 @@ class OutboxRelay:
                 return 0  # another relay is on it
             rows = await conn.fetch(
                 f"SELECT id, event_id, topic, key, value, headers, created_at FROM {self.table}"
-                " WHERE bucket = $1 AND published_at IS NULL ORDER BY id LIMIT $2",
+                " WHERE bucket = $1 AND published_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $2",
                 bucket,
                 self.options.batch_size,
             )
@@ -136,6 +136,23 @@ class OutboxRelay:
                     " WHERE id = ANY($1::bigint[])",
                     [row["id"] for row in rows[: len(acks)]],
                 )
+            if failure is not None and failure.record_refused:
+                refused = rows[len(acks)]
+                await conn.execute(
+                    f"UPDATE {self.table} SET parked_at = clock_timestamp(), park_reason = $2,"
+                    " attempts = attempts + 1 WHERE id = $1",
+                    refused["id"],
+                    str(failure)[:1000],
+                )
+                log.error(
+                    "outbox %s: parked row %d (event %s, topic %s), the broker refuses it: %s",
+                    self.schema,
+                    refused["id"],
+                    refused["event_id"],
+                    refused["topic"],
+                    failure,
+                )
+                failure = None  # the rest of the bucket goes on at once
         self._observe_published(rows[: len(acks)])
         if failure is not None:
             if self.metrics:
@@ -160,9 +177,12 @@ class OutboxRelay:
     async def _observe_backlog(self) -> None:
         if not self.metrics:
             return
-        count, oldest = await self.pool.fetchrow(
-            f"SELECT count(*), min(created_at) FROM {self.table} WHERE published_at IS NULL"
-        ) or (0, None)
+        count, oldest, parked = await self.pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE parked_at IS NULL),"
+            " min(created_at) FILTER (WHERE parked_at IS NULL),"
+            f" count(*) FILTER (WHERE parked_at IS NOT NULL) FROM {self.table} WHERE published_at IS NULL"
+        ) or (0, None, 0)
+        self.metrics.parked.labels(self.schema).set(parked)
         self.metrics.backlog.labels(self.schema).set(count)
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
         self.metrics.oldest_pending_age.labels(self.schema).set(age)

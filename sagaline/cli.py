@@ -10,7 +10,7 @@ import typer
 
 from producers import failpoints
 from producers.errors import Unreachable
-from sagaline.commands import demo, dev, dlq, publish, relay, saga, schemas, smoke, topics, worker
+from sagaline.commands import demo, dev, dlq, outbox, publish, relay, saga, schemas, smoke, topics, worker
 from sagaline.console import err, safe
 from sagaline.settings import Settings
 
@@ -32,6 +32,7 @@ app.command("up")(worker.up)
 app.command("demo")(demo.demo)
 app.add_typer(saga.app, name="saga")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(outbox.app, name="outbox")
 
 
 def _click_error(name: str) -> type[Exception]:

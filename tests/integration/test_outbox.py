@@ -148,3 +148,31 @@ async def test_prune_deletes_only_rows_published_before_the_retention(
         assert await relay.prune() == 1
     keys = {bytes(r["key"]) for r in await pool.fetch(f'SELECT key FROM "{pg_schema}".outbox')}
     assert keys == {b"o-2", b"o-3"}
+
+
+async def test_a_row_the_broker_refuses_is_parked_and_its_bucket_moves_on(
+    kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
+) -> None:
+    """Setup: three rows of one key (one bucket), the middle one larger than the broker takes.
+    Fault: the relay's send of that row is refused (MessageSizeTooLargeError).
+    Validate: it is parked with the reason and counted in sagaline_outbox_parked; the rows
+    before and after it are published; nothing is retried forever."""
+    topics = await create_topic_map(kafka, f"op{unique}.")
+    await stage_all(pool, pg_schema, topics, [confirmed("o-1", n) for n in (1, 2, 3)])
+    table = f'"{pg_schema}".outbox'
+    huge_id = await pool.fetchval(f"SELECT id FROM {table} ORDER BY id OFFSET 1 LIMIT 1")
+    await pool.execute(f"UPDATE {table} SET value = $2 WHERE id = $1", huge_id, b"x" * 3_000_000)
+    registry = CollectorRegistry()
+    async with Publisher(kafka, source="/sagaline/relay") as publisher:
+        relay = OutboxRelay(pool, publisher, pg_schema, metrics=RelayMetrics(registry))
+        first = await relay.publish_pending()
+        second = await relay.publish_pending()
+        assert first + second == 2
+        assert await relay.publish_pending() == 0
+    parked = await pool.fetch(f"SELECT id, park_reason FROM {table} WHERE parked_at IS NOT NULL")
+    assert [r["id"] for r in parked] == [huge_id]
+    assert "MessageSizeTooLargeError" in parked[0]["park_reason"]
+    assert registry.get_sample_value("sagaline_outbox_parked", {"schema": pg_schema}) == 1
+    assert registry.get_sample_value("sagaline_outbox_backlog", {"schema": pg_schema}) == 0
+    amounts = [e.data.total.amount_minor for e in decoded(await read_all(kafka, topics.orders, at_least=2))]  # type: ignore[attr-defined]
+    assert amounts == [1, 3]
