@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 from producers import outbox
@@ -85,3 +86,26 @@ async def stage_all(pool: asyncpg.Pool[Any], schema: str, topics: TopicMap, mess
 async def pending_rows(pool: asyncpg.Pool[Any], schema: str) -> int:
     count: int = await pool.fetchval(f'SELECT count(*) FROM "{schema}".outbox WHERE published_at IS NULL')
     return count
+
+
+async def wait_consumed(kafka: KafkaConnection, group: str, topic: str, timeout_s: float = 60.0) -> None:
+    """Until `group` has committed every record of `topic` (processed it, whatever it did):
+    a positive signal to wait on where a record is expected to change nothing."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        ends = await consumer.end_offsets(partitions)
+
+        async def caught_up() -> bool:
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            return all(
+                committed.get(tp) is not None and committed[tp].offset >= ends[tp] for tp in partitions
+            )
+
+        await wait_until(caught_up, timeout_s=timeout_s, interval_s=0.2)
+    finally:
+        await consumer.stop()
+        await admin.close()

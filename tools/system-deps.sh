@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system packages sagaline needs when they are missing (Debian, as root):
 #   (default)     Java 17, Maven, PostgreSQL, Python venv, Node.js/npm, kcat (tests produce
-#                 hostile records with a client that is not ours)
-#   --containers  also docker.io, debootstrap, docker-compose (the testcontainers path)
+#                 hostile records with a client that is not ours), docker-compose (the unit
+#                 tier validates compose.yaml with it; no engine needed)
+#   --containers  also docker.io, debootstrap (the testcontainers and compose paths)
 # Installs nothing when everything is there; without root it names what is missing.
 set -euo pipefail
 need=()
@@ -14,10 +15,10 @@ fi
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ "${1:-}" = "--containers" ]; then
   command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
-  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -24,7 +24,7 @@ from schemas.envelope import Envelope
 from schemas.topics import TopicSpec
 from tests.dlq_support import Operator
 from tests.saga_support import SagaPlatform, order
-from tests.support import decoded, read_all
+from tests.support import decoded, read_all, wait_consumed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -77,7 +77,7 @@ async def test_poison_is_indexed_fixed_and_replayed_exactly_once_only_to_the_fai
     assert await saga.scalar(charged) == 97_000
 
     await operator.replay(store.Filter(ids=(entry.id,)))  # again: the inbox drops it
-    await asyncio.sleep(3)
+    await wait_consumed(kafka, entry.consumer_group, lane)
     assert await saga.scalar(charged) == 97_000
     assert await saga.scalar("SELECT count(*) FROM {payment}.payments") == 1
     assert (await operator.entries(ids=(entry.id,)))[0].replay_count == 2

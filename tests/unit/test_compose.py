@@ -74,9 +74,11 @@ def test_the_local_override_only_swaps_images_for_ones_built_here() -> None:
             assert local[name]["environment"]["SAGALINE_TRACES_EXPORTER"] == "none", name
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, LOCAL]], ids=["compose", "compose+local"])
 def test_docker_compose_accepts_the_files(files: list[Path]) -> None:
+    assert shutil.which("docker-compose"), (
+        "docker-compose is missing: `make test` installs it (tools/system-deps.sh)"
+    )
     args = [arg for path in files for arg in ("-f", str(path))]
     result = subprocess.run(
         ["docker-compose", *args, "config", "-q"],
