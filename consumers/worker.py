@@ -22,6 +22,7 @@ from consumers.diagnostics import Redactor
 from consumers.lanes import Lanes, failed_record
 from consumers.metrics import ConsumerMetrics
 from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
+from producers import failpoints
 from producers.admin import ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
@@ -129,6 +130,7 @@ class Worker:
                 elif result is not None:
                     offsets[tp] = result
             if offsets:
+                failpoints.hit("worker.after-commit")  # the database committed, Kafka not yet
                 await consumer.commit(offsets)
         if failed:
             await asyncio.sleep(self.options.failure_backoff_s)  # an outage: do not spin

@@ -1,44 +1,79 @@
 """Named failpoints for fault-injection tests: a process armed with `dlq.after-send=exit`
 dies at that point exactly as a SIGKILL would leave it. Unarmed (the default) a failpoint
-costs one set lookup.
+costs one dictionary lookup.
 
 Armed once per process by the bootstrap from `SAGALINE_FAILPOINTS`, a comma-separated list
-of `name=action` with action `exit` (the process ends at once, no cleanup, exit code 137)
-or `raise` (`FailpointError`, as a bug there would).
+of `name=action[@n]`:
+
+- `exit`: the process ends at once, no clean-up, exit code 137;
+- `raise`: `FailpointError`, as a bug at that point would;
+- `on`: `enabled(name)` is true — switches a deliberate defect on, for the negative
+  controls that prove the reliability checker can fail (never for anything else);
+- `@n`: act on the n-th hit only (1-based), pass the others.
+
+The points: `worker.after-commit` (the database transaction committed, the Kafka offsets
+not yet), `relay.before-send`, `relay.after-send` (acknowledged, not yet marked published),
+`dlq.after-send` (a DLQ action's record acknowledged, its entry not yet marked), and the
+defects `relay.drop` (one row in ten marked published without being sent) and
+`payment.debit-twice` (a charge debits the account twice).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-ACTIONS = ("exit", "raise")
-_armed: dict[str, str] = {}
+ACTIONS = ("exit", "raise", "on")
+
+
+@dataclass
+class _Armed:
+    action: str
+    nth: int | None
+    hits: int = 0
+
+
+_armed: dict[str, _Armed] = {}
 
 
 class FailpointError(RuntimeError):
     """Raised by a failpoint armed with `raise`."""
 
 
-def parse(spec: str) -> dict[str, str]:
-    """`a=exit,b=raise` -> {a: exit, b: raise}; ValueError names what is wrong."""
-    armed: dict[str, str] = {}
+def parse(spec: str) -> dict[str, tuple[str, int | None]]:
+    """`a=exit,b=raise@3` -> {a: (exit, None), b: (raise, 3)}; ValueError names what is wrong."""
+    armed: dict[str, tuple[str, int | None]] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, action = item.partition("=")
-        if not name or action not in ACTIONS:
-            raise ValueError(f"failpoint {item!r} is not name=exit or name=raise")
-        armed[name] = action
+        name, _, rest = item.partition("=")
+        action, _, nth = rest.partition("@")
+        if not name or action not in ACTIONS or (nth and not (nth.isdigit() and int(nth) > 0)):
+            raise ValueError(f"failpoint {item!r} is not name=exit|raise|on[@n]")
+        armed[name] = (action, int(nth) if nth else None)
     return armed
 
 
 def arm(spec: str) -> None:
     _armed.clear()
-    _armed.update(parse(spec))
+    _armed.update({name: _Armed(action, nth) for name, (action, nth) in parse(spec).items()})
+
+
+def _fires(name: str) -> str | None:
+    armed = _armed.get(name)
+    if armed is None:
+        return None
+    armed.hits += 1
+    return armed.action if armed.nth is None or armed.hits == armed.nth else None
 
 
 def hit(name: str) -> None:
-    """Act if `name` is armed."""
-    action = _armed.get(name)
+    """Act if `name` is armed with `exit` or `raise` (and this is its hit)."""
+    action = _fires(name) if name in _armed else None
     if action == "exit":
         os._exit(137)
     if action == "raise":
         raise FailpointError(f"failpoint {name}")
+
+
+def enabled(name: str) -> bool:
+    """True if the defect `name` is switched on (`on`)."""
+    return name in _armed and _fires(name) == "on"

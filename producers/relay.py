@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from aiokafka.structs import RecordMetadata, TopicPartition
 
+from producers import failpoints
 from producers.db import qualified
 from producers.errors import DeliveryError
 from producers.metrics import RelayMetrics
@@ -106,7 +108,11 @@ class OutboxRelay:
                 return 0
             acks: list[Ack] = []
             futures: list[asyncio.Future[Any]] = []
+            failpoints.hit("relay.before-send")
             for row in rows:
+                if failpoints.enabled("relay.drop") and zlib.crc32(row["event_id"].encode()) % 10 == 0:
+                    futures.append(_dropped(row))  # the defect: marked published, never sent
+                    continue
                 try:
                     futures.append(await self.publisher.enqueue(row["topic"], _record(row)))
                 except DeliveryError as exc:
@@ -130,6 +136,7 @@ class OutboxRelay:
                 acks.append(result)
             if self.after_send is not None:
                 await self.after_send(acks)
+            failpoints.hit("relay.after-send")  # acknowledged, not yet marked published
             if acks:
                 await conn.execute(
                     f"UPDATE {self.table} SET published_at = clock_timestamp(), attempts = attempts + 1"
@@ -232,6 +239,13 @@ class OutboxRelay:
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.schema:
             self._wake.set()
+
+
+def _dropped(row: asyncpg.Record) -> asyncio.Future[Any]:
+    """An acknowledgement for a record never sent (the `relay.drop` defect)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(RecordMetadata(row["topic"], 0, TopicPartition(row["topic"], 0), -1, -1, -1, -1))
+    return future
 
 
 def _record(row: asyncpg.Record) -> Record:

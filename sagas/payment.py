@@ -13,6 +13,7 @@ import asyncpg
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
+from producers import failpoints
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
@@ -58,6 +59,13 @@ async def on_placed(ctx: HandlerContext, placed: m.OrderPlaced) -> None:
         amount,
         placed.total.currency,
     )
+    if charged is not None and failpoints.enabled("payment.debit-twice"):  # a negative control's defect
+        await ctx.conn.execute(
+            f"UPDATE {qualified(ctx.schema, 'accounts')} SET balance_minor = balance_minor - $2"
+            " WHERE customer_id = $1",
+            placed.customer_id,
+            amount,
+        )
     if charged is None:
         known = await ctx.conn.fetchval(
             f"SELECT currency FROM {qualified(ctx.schema, 'accounts')} WHERE customer_id = $1",

@@ -59,14 +59,23 @@ def test_database_detail_lines_and_sensitive_fields_are_redacted() -> None:
 
 
 def test_failpoints_parse_and_refuse_nonsense() -> None:
-    assert failpoints.parse("a=exit, b=raise") == {"a": "exit", "b": "raise"}
-    with pytest.raises(ValueError, match="not name=exit"):
-        failpoints.parse("a=explode")
-    failpoints.arm("unit.test=raise")
+    assert failpoints.parse("a=exit, b=raise@3, c=on") == {
+        "a": ("exit", None),
+        "b": ("raise", 3),
+        "c": ("on", None),
+    }
+    for bad in ("a=explode", "a=exit@0", "a=exit@x", "=exit"):
+        with pytest.raises(ValueError, match="not name=exit"):
+            failpoints.parse(bad)
+    failpoints.arm("unit.test=raise@2,unit.defect=on")
     try:
+        failpoints.hit("unit.test")  # the first hit passes
         with pytest.raises(failpoints.FailpointError):
             failpoints.hit("unit.test")
+        failpoints.hit("unit.test")  # only the second
         failpoints.hit("unit.other")  # unarmed: nothing happens
+        assert failpoints.enabled("unit.defect")
+        assert not failpoints.enabled("unit.other")
     finally:
         failpoints.arm("")
 
