@@ -35,5 +35,11 @@ class CliProcess:
         self._log_file.close()
         return code
 
+    def reap(self) -> int:
+        """A process that ended on its own: its exit code, its log closed."""
+        code = self.proc.wait(timeout=30)
+        self._log_file.close()  # closing twice is harmless
+        return code
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -10,12 +10,17 @@ chaos` runs every scenario (`-m chaos`) and prints the table (`python -m tests.r
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from producers.connection import KafkaConnection
 from tests.reliability.chaos.harness import Chaos, nemesis
@@ -143,4 +148,56 @@ async def test_s2_a_crash_after_the_database_commit_before_the_offset_commit(
         chaos.run.faults += 2
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
+    assert verdict.ok, verdict.summary()
+
+
+async def test_s10_poison_and_a_permanent_failure_are_dead_lettered_then_replayed(
+    saga: SagaPlatform, chaos_factory: Any, kafka: KafkaConnection
+) -> None:
+    """Setup: 1,000 orders, the services and the DLQ indexer; 400 orders first.
+    Fault: three records that are not events are written to the ingress topic (poison);
+    payment's accounts table is renamed (a bad migration) while 30 more orders are placed,
+    so each of their charges fails permanently; the table is renamed back.
+    Validate: `sagaline dlq replay --group <payment>` sends the 30 back and their sagas end
+    as planned; the dead-letter topics hold exactly the poison (for both groups reading
+    ingress) and the 30; no other invariant is violated."""
+    workload = plan("s10.", 1000)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("S10 poison, permanent failure, replay")
+    await chaos.start_all(dlq=True)
+    first, held, rest = workload.orders[:400], workload.orders[400:430], workload.orders[430:]
+    config = saga.config
+    poison_keys = [f"poison-{n}".encode() for n in range(3)]
+    async with nemesis(chaos):
+        await chaos.publish(first, rate=100)
+        await chaos.quiesce(first)
+        producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            for key in poison_keys:
+                await producer.send_and_wait(config.topics.ingress, b"\xff not an event", key=key)
+        finally:
+            await producer.stop()
+        await saga.scalar("ALTER TABLE {payment}.accounts RENAME TO accounts_broken")
+        chaos.run.faults += 4
+        await chaos.publish(held)
+        dead = f'SELECT count(*) FROM "{config.schema("dlq")}".dead_letters WHERE consumer_group = $1'
+
+        async def held_dead_lettered() -> bool:
+            return bool(await saga.scalar(dead, config.group("payment")) == len(held))
+
+        await wait_until(held_dead_lettered, timeout_s=120)
+        await saga.scalar("ALTER TABLE {payment}.accounts_broken RENAME TO accounts")
+        command = ["dlq", "replay", "--group", config.group("payment"), "--yes", "--json"]
+        replay = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "sagaline", *command],
+            env={**os.environ, **chaos.env("dlq")}, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr
+        assert json.loads(replay.stdout)["sent"] == len(held)
+        await chaos.publish(rest, rate=100)
+    await chaos.quiesce(workload)
+    poison = {(config.group(g), key) for g in ("order", "tracker") for key in poison_keys}
+    poison |= {(config.group("payment"), o.order_id.encode()) for o in held}
+    verdict = await chaos.verdict(workload, poison)
     assert verdict.ok, verdict.summary()

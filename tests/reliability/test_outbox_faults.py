@@ -92,7 +92,7 @@ async def test_relay_killed_mid_stream_publishes_everything_once_after_restart(
     assert len(unique_ids) == 2000
     assert sorted({e.id: e.data.total.amount_minor for e in envelopes}.values()) == list(range(2000))  # type: ignore[attr-defined]
     seen: set[str] = set()
-    repeated = set()
+    repeated: set[str] = set()
     for envelope in envelopes:
         (repeated if envelope.id in seen else seen).add(envelope.id)
     # Only rows the killed relay had sent but not yet marked can repeat: they were still

@@ -25,7 +25,7 @@ from producers.publisher import Publisher
 from sagas.config import SERVICES
 from tests.processes import CliProcess
 from tests.reliability.chaos.checker import Verdict, check
-from tests.reliability.chaos.workload import Workload
+from tests.reliability.chaos.workload import PlannedOrder, Workload
 from tests.saga_support import SagaPlatform
 from tests.support import wait_until
 
@@ -112,14 +112,15 @@ class Chaos:
     def alive(self, key: str) -> bool:
         return self.processes[key].proc.poll() is None
 
-    async def publish(self, workload: Workload, rate: float | None = None) -> None:
+    async def publish(self, workload: Workload | list[PlannedOrder], rate: float | None = None) -> None:
         """Every order (and the planned cancellations), open loop at `rate` per second."""
+        orders = workload.orders if isinstance(workload, Workload) else workload
         config = self.saga.config
         started = time.monotonic()
         async with Publisher(self.saga.kafka, source="/chaos/storefront", topics=config.topics) as publisher:
 
             async def place(number: int) -> None:
-                planned = workload.orders[number]
+                planned = orders[number]
                 if rate:
                     await asyncio.sleep(max(0.0, started + number / rate - time.monotonic()))
                 await publisher.publish(planned.command)
@@ -127,14 +128,14 @@ class Chaos:
                     await asyncio.sleep(planned.cancel_after_s)
                     await publisher.publish(planned.cancel())
 
-            await asyncio.gather(*(place(n) for n in range(len(workload.orders))))
-        self.record("published", orders=len(workload.orders), seconds=round(time.monotonic() - started, 2))
+            await asyncio.gather(*(place(n) for n in range(len(orders))))
+        self.record("published", orders=len(orders), seconds=round(time.monotonic() - started, 2))
 
-    async def quiesce(self, workload: Workload, timeout_s: float = 240.0) -> None:
+    async def quiesce(self, workload: Workload | list[PlannedOrder], timeout_s: float = 240.0) -> None:
         """Until every order is terminal and every outbox row published (or the timeout: the
         checker then says what is missing)."""
         started = time.monotonic()
-        ids = [o.order_id for o in workload.orders]
+        ids = [o.order_id for o in (workload.orders if isinstance(workload, Workload) else workload)]
         while time.monotonic() - started < timeout_s:
             open_orders = await self.saga.scalar(
                 "SELECT $1::int - count(*) FROM {order}.orders"
@@ -177,7 +178,9 @@ class Chaos:
 
     def stop_all(self) -> None:
         for key, process in self.processes.items():
-            if process.proc.poll() is None:
+            if process.proc.poll() is not None:
+                process.reap()
+            else:
                 try:
                     process.proc.send_signal(signal.SIGCONT)
                     process.terminate(timeout_s=40)
@@ -200,5 +203,5 @@ async def nemesis(chaos: Chaos) -> AsyncIterator[Chaos]:
             else:
                 name = "dlq" if key == "dlq" else key.split("#")[0]
                 chaos.failpoints.pop(name, None)
-                chaos.record("heal", process=key, exit_code=process.proc.returncode)
+                chaos.record("heal", process=key, exit_code=process.reap())
                 chaos.start(name, instance=key)
