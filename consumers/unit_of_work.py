@@ -37,6 +37,7 @@ from consumers.errors import classify
 from consumers.handlers import HandlerContext, Handlers
 from consumers.lanes import Failure, Lanes, Origin, origin_of
 from consumers.tracing import process_span
+from producers import failpoints
 from producers.db import DbConnection
 from schemas.codec import decode
 from schemas.envelope import Envelope
@@ -191,6 +192,7 @@ class UnitOfWork:
                     assert handler is not None
                     ctx = HandlerContext(conn, self.schema, self.group, self.source, self.topics, envelope)
                     with self._span(outcome):
+                        _handler_failpoint(envelope)
                         await handler(ctx, envelope.data)
                     outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
             return True
@@ -227,6 +229,7 @@ class UnitOfWork:
                             outcome.kind, outcome.emitted = "duplicate", []
                             return
                         with self._span(outcome):
+                            _handler_failpoint(envelope)
                             await handler(ctx, envelope.data)
                     outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
         except Exception as exc:
@@ -263,6 +266,11 @@ def triage(record: InboundRecord, lanes: Lanes, handlers: Handlers) -> Outcome:
         own = Origin(record.topic, record.partition, record.offset, record.timestamp, "CREATE_TIME", 0, None)
         return Outcome(record, "dead_letter", own, failure=_failure(exc))
     return Outcome(record, "applied" if handled else "ignored", origin, envelope)
+
+
+def _handler_failpoint(envelope: Envelope[Message]) -> None:
+    if failpoints.any_armed():
+        failpoints.hit(f"handler.{type(envelope.data).__name__}")
 
 
 def _failure(exc: BaseException) -> Failure:

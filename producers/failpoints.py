@@ -6,12 +6,14 @@ Armed once per process by the bootstrap from `SAGALINE_FAILPOINTS`, a comma-sepa
 of `name=action[@n]`:
 
 - `exit`: the process ends at once, no clean-up, exit code 137;
-- `raise`: `FailpointError`, as a bug at that point would;
+- `raise`: `FailpointError`, as a bug at that point would (a permanent failure);
+- `fail`: `FailpointOutage`, a ConnectionError, as a dependency down would (transient);
 - `on`: `enabled(name)` is true — switches a deliberate defect on, for the negative
   controls that prove the reliability checker can fail (never for anything else);
 - `@n`: act on the n-th hit only (1-based), pass the others.
 
-The points: `worker.after-commit` (the database transaction committed, the Kafka offsets
+The points: `handler.<MessageType>` (before the handler of that type runs),
+`worker.after-commit` (the database transaction committed, the Kafka offsets
 not yet), `relay.before-send`, `relay.after-send` (acknowledged, not yet marked published),
 `dlq.after-send` (a DLQ action's record acknowledged, its entry not yet marked), and the
 defects `relay.drop` (one row in ten marked published without being sent) and
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-ACTIONS = ("exit", "raise", "on")
+ACTIONS = ("exit", "raise", "fail", "on")
 
 
 @dataclass
@@ -40,6 +42,10 @@ class FailpointError(RuntimeError):
     """Raised by a failpoint armed with `raise`."""
 
 
+class FailpointOutage(ConnectionError):
+    """Raised by a failpoint armed with `fail`: transient wherever failures are classified."""
+
+
 def parse(spec: str) -> dict[str, tuple[str, int | None]]:
     """`a=exit,b=raise@3` -> {a: (exit, None), b: (raise, 3)}; ValueError names what is wrong."""
     armed: dict[str, tuple[str, int | None]] = {}
@@ -47,7 +53,7 @@ def parse(spec: str) -> dict[str, tuple[str, int | None]]:
         name, _, rest = item.partition("=")
         action, _, nth = rest.partition("@")
         if not name or action not in ACTIONS or (nth and not (nth.isdigit() and int(nth) > 0)):
-            raise ValueError(f"failpoint {item!r} is not name=exit|raise|on[@n]")
+            raise ValueError(f"failpoint {item!r} is not name=exit|raise|fail|on[@n]")
         armed[name] = (action, int(nth) if nth else None)
     return armed
 
@@ -66,12 +72,19 @@ def _fires(name: str) -> str | None:
 
 
 def hit(name: str) -> None:
-    """Act if `name` is armed with `exit` or `raise` (and this is its hit)."""
+    """Act if `name` is armed with `exit`, `raise` or `fail` (and this is its hit)."""
     action = _fires(name) if name in _armed else None
     if action == "exit":
         os._exit(137)
     if action == "raise":
         raise FailpointError(f"failpoint {name}")
+    if action == "fail":
+        raise FailpointOutage(f"failpoint {name}")
+
+
+def any_armed() -> bool:
+    """Whether any failpoint is armed (lets a hot path skip building point names)."""
+    return bool(_armed)
 
 
 def enabled(name: str) -> bool:

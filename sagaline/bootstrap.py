@@ -84,12 +84,16 @@ async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIME
         await closing
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[Any]:
-    """A connection pool; `Unreachable` (naming host and port, never credentials) when
-    PostgreSQL does not answer."""
+async def create_pool(settings: Settings, dsn: str, application_name: str = "sagaline") -> asyncpg.Pool[Any]:
+    """A connection pool whose sessions PostgreSQL shows as `application_name` (operators
+    find a service's sessions in pg_stat_activity); `Unreachable` (naming host and port,
+    never credentials) when PostgreSQL does not answer."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=settings.postgres_pool_min, max_size=settings.postgres_pool_max
+            dsn,
+            min_size=settings.postgres_pool_min,
+            max_size=settings.postgres_pool_max,
+            server_settings={"application_name": application_name},
         )
     except (OSError, asyncpg.CannotConnectNowError) as exc:
         raise Unreachable(

@@ -38,7 +38,7 @@ async def serve(
     settings: Settings, spec: WorkerSpec, stop: asyncio.Event, metrics_port: int | None = None
 ) -> None:
     ends = await endpoints(settings, start_local=False)
-    pool = await create_pool(settings, ends.postgres_dsn)
+    pool = await create_pool(settings, ends.postgres_dsn, application_name=f"sagaline-{spec.name}")
     registry = CollectorRegistry()
     try:
         async with pool.acquire() as conn:

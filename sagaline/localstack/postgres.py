@@ -158,7 +158,8 @@ def start(server: PostgresServer) -> bool:
     return True
 
 
-def stop(server: PostgresServer) -> bool:
+def stop(server: PostgresServer, mode: str = "fast") -> bool:
+    """Stop the server: `fast` (clean), or `immediate` (as a crash: recovery at next start)."""
     if not (server.data_dir / "PG_VERSION").exists() or not is_running(server):
         return False
     result = _run(
@@ -168,7 +169,7 @@ def stop(server: PostgresServer) -> bool:
             "-D",
             str(server.data_dir),
             "-m",
-            "fast",
+            mode,
             "-w",
             "-t",
             "60",

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from producers.connection import KafkaConnection
 from tests.reliability.chaos.harness import Chaos, nemesis
-from tests.reliability.chaos.workload import Workload, plan
+from tests.reliability.chaos.workload import PlannedOrder, Workload, plan
 from tests.saga_support import SagaPlatform
 from tests.support import wait_until
 
@@ -201,3 +201,179 @@ async def test_s10_poison_and_a_permanent_failure_are_dead_lettered_then_replaye
     poison |= {(config.group("payment"), o.order_id.encode()) for o in held}
     verdict = await chaos.verdict(workload, poison)
     assert verdict.ok, verdict.summary()
+
+
+# --- make chaos: the long scenarios ---------------------------------------------------
+
+
+async def _dies(chaos: Chaos, key: str, timeout_s: float = 120.0) -> None:
+    async def dead() -> bool:
+        return not chaos.alive(key)
+
+    await wait_until(dead, timeout_s=timeout_s)
+    chaos.run.faults += 1
+
+
+@pytest.mark.chaos
+async def test_s3_the_relay_crashes_before_the_send_and_after_the_send_before_marking(
+    saga: SagaPlatform, chaos_factory: Any
+) -> None:
+    """Setup: 1,000 orders; the order service (its relay publishes its outbox).
+    Fault: it dies at `relay.before-send` (third pass), is restarted armed with
+    `relay.after-send` (the broker acknowledged, the rows are not marked), dies again, and
+    is restarted unarmed: those rows are sent a second time with the same event ids.
+    Validate: no invariant is violated (consumers drop the re-sent events)."""
+    workload = plan("s3.", 1000)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("S3 relay crash before send / after send")
+    chaos.failpoints["order"] = "relay.before-send=exit@3"
+    await chaos.start_all()
+    async with nemesis(chaos):
+        publishing = asyncio.create_task(chaos.publish(workload, rate=100))
+        await _dies(chaos, "order")
+        chaos.processes["order"].reap()
+        chaos.failpoints["order"] = "relay.after-send=exit@3"
+        chaos.start("order")
+        await _dies(chaos, "order")
+        await publishing
+    await chaos.quiesce(workload)
+    verdict = await chaos.verdict(workload)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.chaos
+async def test_s4_one_of_two_payment_workers_is_stopped_then_a_third_joins(
+    saga: SagaPlatform, chaos_factory: Any
+) -> None:
+    """Setup: 1,000 orders; two payment workers in one group.
+    Fault: SIGTERM to one mid-load (its partitions move to the other after it finishes and
+    commits), then a third joins (another rebalance).
+    Validate: the stopped worker exits 0; no invariant is violated."""
+    workload = plan("s4.", 1000)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("S4 SIGTERM one of two, add a third")
+    await chaos.start_all()
+    chaos.start("payment", instance="payment#2")
+    async with nemesis(chaos):
+        publishing = asyncio.create_task(chaos.publish(workload, rate=100))
+        await _ordered_at_least(saga, 300)
+        chaos.run.faults += 1
+        assert await asyncio.to_thread(chaos.processes["payment#2"].terminate) == 0
+        await _ordered_at_least(saga, 600)
+        chaos.start("payment", instance="payment#3")
+        chaos.run.faults += 1
+        await publishing
+    await chaos.quiesce(workload)
+    verdict = await chaos.verdict(workload)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.chaos
+async def test_s5_a_payment_worker_paused_past_its_session_timeout_rejoins(
+    saga: SagaPlatform, chaos_factory: Any
+) -> None:
+    """Setup: 1,000 orders; two payment workers.
+    Fault: SIGSTOP one for 20 s (past the consumer session timeout: the group fences it and
+    gives its partitions to the other), then SIGCONT — the zombie's commit is refused.
+    Validate: the zombie rejoins instead of exiting; no invariant is violated."""
+    workload = plan("s5.", 1000)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("S5 SIGSTOP past the session timeout")
+    await chaos.start_all()
+    chaos.start("payment", instance="payment#2")
+    async with nemesis(chaos):
+        publishing = asyncio.create_task(chaos.publish(workload, rate=100))
+        await _ordered_at_least(saga, 200)
+        chaos.signal("payment#2", signal.SIGSTOP)
+        await asyncio.sleep(20)
+        chaos.signal("payment#2", signal.SIGCONT)
+        await publishing
+        await asyncio.sleep(10)
+        assert chaos.alive("payment#2"), "the fenced worker exited instead of rejoining"
+    await chaos.quiesce(workload)
+    verdict = await chaos.verdict(workload)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.chaos
+async def test_s9_postgresql_terminates_the_payment_workers_sessions_during_commits(
+    saga: SagaPlatform, chaos_factory: Any
+) -> None:
+    """Setup: 1,000 orders.
+    Fault: `pg_terminate_backend` on every session of the payment service, five times
+    under load (transient: reconnect and retry, never a dead letter).
+    Validate: no invariant is violated and nothing is dead-lettered."""
+    workload = plan("s9.", 1000)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("S9 pg_terminate_backend on payment sessions")
+    await chaos.start_all()
+    async with nemesis(chaos):
+        publishing = asyncio.create_task(chaos.publish(workload, rate=100))
+        for round_ in range(5):
+            await _ordered_at_least(saga, 100 * (round_ + 1))
+            await saga.scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'sagaline-payment' AND datname = current_database()"
+            )
+            chaos.run.faults += 1
+        await publishing
+    await chaos.quiesce(workload)
+    verdict = await chaos.verdict(workload)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.chaos
+async def test_s11_a_cancellation_overtakes_its_order_through_a_retry_lane(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str, chaos_factory_slow_lanes: Any
+) -> None:
+    """Setup: 100 orders, every one cancelled by its customer right after placing it; retry
+    lanes of 5, 10 and 20 s.
+    Fault: the order service fails every PlaceOrder transiently (`handler.PlaceOrder=fail`),
+    so each waits in the first retry lane while its CancelOrder is handled; the service is
+    then restarted healthy.
+    Validate: every order ends CANCELLED by its customer with nothing charged or reserved,
+    nothing is dead-lettered, and no invariant is violated."""
+    saga, chaos = chaos_factory_slow_lanes
+    workload = plan("s11.", 100)
+    workload = Workload(
+        [PlannedOrder(o.command, o.funded, o.scarce, 0.05) for o in workload.orders],
+        workload.accounts,
+        workload.stock,
+    )
+    await _deploy(saga, workload)
+    chaos.failpoints["order"] = "handler.PlaceOrder=fail"
+    await chaos.start_all()
+    async with nemesis(chaos):
+        await chaos.publish(workload)
+        early = 'SELECT count(*) FROM "{}".early_cancellations'.format(saga.config.schema("order"))
+
+        async def all_cancels_seen() -> bool:
+            return bool(await saga.scalar(early) == len(workload.orders))
+
+        await wait_until(all_cancels_seen, timeout_s=30)
+        chaos.signal("order", signal.SIGKILL)
+        chaos.failpoints.pop("order")
+        chaos.start("order")
+    await chaos.quiesce(workload)
+    verdict = await chaos.verdict(workload)
+    assert verdict.ok, verdict.summary()
+    assert await saga.scalar("SELECT count(*) FROM {payment}.payments") == 0
+    assert verdict.figures["outcomes"] == {"CANCELLED (customer_request)": len(workload.orders)}
+
+
+@pytest.fixture
+async def chaos_factory_slow_lanes(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str, tmp_path: Path
+) -> AsyncIterator[tuple[SagaPlatform, Chaos]]:
+    saga = SagaPlatform(
+        kafka,
+        postgres_dsn,
+        unique,
+        payment_timeout_s=600,
+        stock_timeout_s=600,
+        retry_delays_s=(5.0, 10.0, 20.0),
+    )
+    chaos = Chaos(saga, tmp_path, "S11 cancellation overtakes its order via a retry lane")
+    yield saga, chaos
+    chaos.stop_all()
+    await saga.close()
