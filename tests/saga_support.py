@@ -45,11 +45,12 @@ class SagaPlatform:
         payment_timeout_s: float = 30.0,
         stock_timeout_s: float = 30.0,
         retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0),
+        replication: int = 1,
     ) -> None:
         self.kafka = kafka
         self.postgres_dsn = postgres_dsn
         self.config = SagaConfig(
-            topics=TopicMap(prefix=f"sg{unique}.", partitions=3, replication=1),
+            topics=TopicMap(prefix=f"sg{unique}.", partitions=3, replication=replication),
             prefix=f"s{unique}_",
             payment_timeout_s=payment_timeout_s,
             stock_timeout_s=stock_timeout_s,

@@ -21,10 +21,15 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from producers.connection import KafkaConnection
+from sagaline.localstack import postgres
+from sagaline.localstack.process import read_pid
+from sagaline.localstack.stack import LocalStack
 from tests.reliability.chaos.harness import Chaos, nemesis
 from tests.reliability.chaos.workload import PlannedOrder, Workload, plan
+from tests.reliability.conftest import ROOT
 from tests.saga_support import SagaPlatform
 from tests.support import wait_until
 
@@ -377,3 +382,151 @@ async def chaos_factory_slow_lanes(
     yield saga, chaos
     chaos.stop_all()
     await saga.close()
+
+
+@pytest.mark.chaos
+async def test_s8_postgresql_restarted_immediately_under_load(
+    kafka: KafkaConnection, own_postgres: postgres.PostgresServer, unique: str, tmp_path: Path
+) -> None:
+    """Setup: 1,000 orders on a PostgreSQL of this test's own.
+    Fault: `pg_ctl stop -m immediate` (a crash: every session cut, recovery at start) under
+    load, started again 3 s later.
+    Validate: the outage is transient (nothing dead-lettered), no invariant is violated."""
+    saga = SagaPlatform(
+        kafka,
+        own_postgres.dsn,
+        unique,
+        payment_timeout_s=600,
+        stock_timeout_s=600,
+        retry_delays_s=(1.0, 2.0, 4.0, 8.0),
+    )
+    workload = plan("s8.", 1000)
+    await _deploy(saga, workload)
+    chaos = Chaos(saga, tmp_path, "S8 PostgreSQL immediate restart")
+    try:
+        await chaos.start_all()
+        async with nemesis(chaos):
+            publishing = asyncio.create_task(chaos.publish(workload, rate=100))
+            await _ordered_at_least(saga, 300)
+            await asyncio.to_thread(postgres.stop, own_postgres, "immediate")
+            chaos.run.faults += 1
+            chaos.record("postgres", action="stop -m immediate")
+            await asyncio.sleep(3)
+            await asyncio.to_thread(postgres.start, own_postgres)
+            chaos.record("postgres", action="start")
+            await publishing
+        await chaos.quiesce(workload)
+        verdict = await chaos.verdict(workload)
+        assert verdict.ok, verdict.summary()
+    finally:
+        chaos.stop_all()
+        await saga.close()
+
+
+async def _cluster3_saga(kafka_cluster3: KafkaConnection, postgres_dsn: str, unique: str) -> SagaPlatform:
+    return SagaPlatform(
+        kafka_cluster3, postgres_dsn, unique, payment_timeout_s=600, stock_timeout_s=600, replication=3
+    )
+
+
+def _cluster3_stack() -> LocalStack:
+    """The local three-node cluster the `kafka_cluster3` fixture runs (its nodes are ours to kill)."""
+    return LocalStack(
+        state_dir=ROOT / ".sagaline" / "test-stack-3",
+        cache_dir=Path(os.environ.get("SAGALINE_CACHE_DIR", Path.home() / ".cache" / "sagaline")),
+        kafka_port=39092,
+        postgres_port=35432,
+        kafka_heap="768m",
+    )
+
+
+async def _leader_of(kafka: KafkaConnection, topic: str) -> int:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        [description] = await admin.describe_topics([topic])
+        return int(next(p["leader"] for p in description["partitions"] if p["partition"] == 0))
+    finally:
+        await admin.close()
+
+
+@pytest.mark.chaos
+async def test_s6_the_partition_leader_broker_is_sigkilled_and_restarted_three_times(
+    kafka_cluster3: KafkaConnection, postgres_dsn: str, unique: str, tmp_path: Path
+) -> None:
+    """Setup: three KRaft brokers, topics with RF=3 and min.insync.replicas=2; 1,000 orders.
+    Fault: three times, SIGKILL the broker leading orders.events[0], restart it.
+    Validate: no invariant is violated (acks=all and the idempotent producer lose nothing)."""
+    if os.environ.get("SAGALINE_TEST_KAFKA3_BOOTSTRAP"):
+        pytest.fail("S6 kills brokers of the local three-node stack; unset SAGALINE_TEST_KAFKA3_BOOTSTRAP")
+    saga = await _cluster3_saga(kafka_cluster3, postgres_dsn, unique)
+    stack = _cluster3_stack()
+    workload = plan("s6.", 1000)
+    await _deploy(saga, workload)
+    chaos = Chaos(saga, tmp_path, "S6 SIGKILL the leader broker x3")
+    try:
+        await chaos.start_all()
+        async with nemesis(chaos):
+            publishing = asyncio.create_task(chaos.publish(workload, rate=50))
+            for round_ in range(3):
+                await _ordered_at_least(saga, 150 * (round_ + 1))
+                leader = await _leader_of(kafka_cluster3, saga.config.topics.orders)
+                node = next(n for n in stack.kafka_nodes(3) if n.node_id == leader)
+                pid = read_pid(node.pid_file)
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                chaos.run.faults += 1
+                chaos.record("broker", action="SIGKILL", node=leader, pid=pid)
+                await asyncio.sleep(5)
+                await stack.up(brokers=3)
+                chaos.record("broker", action="restarted", node=leader)
+            await publishing
+        await chaos.quiesce(workload)
+        verdict = await chaos.verdict(workload)
+        assert verdict.ok, verdict.summary()
+    finally:
+        chaos.stop_all()
+        await stack.up(brokers=3)  # whatever happened, the cluster is whole for the next test
+        await saga.close()
+
+
+@pytest.mark.chaos
+async def test_s7_a_broker_paused_for_30_seconds(
+    kafka_cluster3: KafkaConnection, postgres_dsn: str, unique: str, tmp_path: Path
+) -> None:
+    """Setup: three brokers, RF=3, min.insync.replicas=2; 1,000 orders.
+    Fault: SIGSTOP the broker leading orders.events[0] for 30 s (it stays in the cluster's
+    view until its session times out), then SIGCONT.
+    Validate: no invariant is violated."""
+    if os.environ.get("SAGALINE_TEST_KAFKA3_BOOTSTRAP"):
+        pytest.fail("S7 pauses brokers of the local three-node stack; unset SAGALINE_TEST_KAFKA3_BOOTSTRAP")
+    saga = await _cluster3_saga(kafka_cluster3, postgres_dsn, unique)
+    stack = _cluster3_stack()
+    workload = plan("s7.", 1000)
+    await _deploy(saga, workload)
+    chaos = Chaos(saga, tmp_path, "S7 SIGSTOP a broker 30 s")
+    pid: int | None = None
+    try:
+        await chaos.start_all()
+        async with nemesis(chaos):
+            publishing = asyncio.create_task(chaos.publish(workload, rate=50))
+            await _ordered_at_least(saga, 200)
+            leader = await _leader_of(kafka_cluster3, saga.config.topics.orders)
+            node = next(n for n in stack.kafka_nodes(3) if n.node_id == leader)
+            pid = read_pid(node.pid_file)
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            chaos.run.faults += 1
+            chaos.record("broker", action="SIGSTOP", node=leader, pid=pid)
+            await asyncio.sleep(30)
+            os.kill(pid, signal.SIGCONT)
+            pid = None
+            await publishing
+        await chaos.quiesce(workload)
+        verdict = await chaos.verdict(workload)
+        assert verdict.ok, verdict.summary()
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)  # the nemesis heals brokers too
+        chaos.stop_all()
+        await saga.close()
