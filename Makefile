@@ -56,8 +56,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## chaos: every fault-injection scenario (long; make test runs a fast subset), then the table
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
+	@rm -f .sagaline/chaos/results.jsonl
+	SAGALINE_TEST_BACKEND=$${SAGALINE_TEST_BACKEND:-local} $(BIN)/python -m pytest tests/reliability/test_chaos.py $(PYTEST_ARGS); \
+	  status=$$?; $(BIN)/python -m tests.reliability.chaos.report; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
