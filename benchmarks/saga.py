@@ -19,10 +19,12 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.costs import CpuSample, pg_counters, postmaster_pid
 from producers.admin import ensure_topics
 from sagaline.bootstrap import create_pool, endpoints, local_stack, saga_config
 from sagaline.demo import DemoOptions, run_demo
 from sagaline.localstack import kafka as local_kafka
+from sagaline.localstack.process import read_pid
 from sagaline.platform import Platform
 from sagaline.settings import Settings
 from schemas.topics import TopicSpec
@@ -106,12 +108,30 @@ async def run_async(orders: int) -> dict[str, Any]:
     platform = Platform(ends, settings.state_dir / "logs", settings.metrics_port)
     platform.start()
     pool = await create_pool(settings, ends.postgres_dsn)
+    stack = local_stack(settings)
     try:
         await platform.wait_ready()
+        groups = {child.name: [child.process.pid] for child in platform.children}
+        brokers = [read_pid(node.pid_file) for node in stack.kafka_nodes()]
+        groups["kafka"] = [pid for pid in brokers if pid is not None]
+        postmaster = postmaster_pid(stack.postgres.data_dir)
+        async with pool.acquire() as conn:
+            counters_before = await pg_counters(conn)
+        cpu_before = CpuSample.take(groups, postmaster)
         result = await run_demo(ends.kafka, pool, config, DemoOptions(orders=orders, seed=7))
+        cpu = CpuSample.take(groups, postmaster).minus(cpu_before)
+        async with pool.acquire() as conn:
+            counters = {k: v - counters_before.get(k, 0) for k, v in (await pg_counters(conn)).items()}
     finally:
         await pool.close()
         platform.stop()
+    done = max(orders - result.open_sagas, 1)
+    per_process = {name: round(1000 * seconds / done, 2) for name, seconds in sorted(cpu.items())}
+    cost: dict[str, Any] = {
+        "cpu_ms_per_saga": per_process,
+        "cpu_ms_per_saga_total": round(1000 * sum(cpu.values()) / done, 2),
+        **{f"{name}_per_saga": round(value / done, 1) for name, value in counters.items()},
+    }
     # One saga costs about a dozen Kafka records and a dozen transactions (handlers, outbox
     # marks, inbox, tracker) across the services: the ratios say how close we come.
     figures = {
@@ -123,6 +143,7 @@ async def run_async(orders: int) -> dict[str, Any]:
         "sagas_per_s_per_1000_pg_commits_per_s": round(
             1000 * result.sagas_per_s / ceilings["postgres_commits_per_s"], 2
         ),
+        **cost,
     }
     print(
         f"saga: {figures['sagas_per_s']} sagas/s, latency p50 {result.latency_ms.get('p50')} ms,"
@@ -133,6 +154,12 @@ async def run_async(orders: int) -> dict[str, Any]:
         f" consumer-perf {figures['kafka_consumer_perf_records_per_s']} rec/s,"
         f" PostgreSQL {figures['postgres_commits_per_s']} commits/s"
         f" -> {figures['sagas_per_s_per_1000_pg_commits_per_s']} sagas/s per 1,000 commits/s"
+    )
+    print(
+        f"saga cost: {cost['cpu_ms_per_saga_total']} ms CPU per completed saga, all processes"
+        f" ({', '.join(f'{k} {v}' for k, v in per_process.items())});"
+        f" {cost.get('transactions_per_saga', '?')} transactions and"
+        f" {cost.get('statements_per_saga', 'n/a (pg_stat_statements not loaded)')} statements per saga"
     )
     return figures
 

@@ -122,6 +122,7 @@ def init(server: PostgresServer) -> bool:
             "max_connections = 200\n"
             "shared_buffers = 256MB\n"
             "fsync = on\n"
+            "shared_preload_libraries = 'pg_stat_statements'  # statements per saga (benchmarks)\n"
             "logging_collector = off\n"
         )
     return True

@@ -128,7 +128,7 @@ async def test_s1_the_payment_worker_sigkilled_three_times_under_load(
         await publishing
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 async def test_s2_a_crash_after_the_database_commit_before_the_offset_commit(
@@ -153,7 +153,7 @@ async def test_s2_a_crash_after_the_database_commit_before_the_offset_commit(
         chaos.run.faults += 2
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 async def test_s10_poison_and_a_permanent_failure_are_dead_lettered_then_replayed(
@@ -205,7 +205,7 @@ async def test_s10_poison_and_a_permanent_failure_are_dead_lettered_then_replaye
     poison = {(config.group(g), key) for g in ("order", "tracker") for key in poison_keys}
     poison |= {(config.group("payment"), o.order_id.encode()) for o in held}
     verdict = await chaos.verdict(workload, poison)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 # --- make chaos: the long scenarios ---------------------------------------------------
@@ -243,7 +243,7 @@ async def test_s3_the_relay_crashes_before_the_send_and_after_the_send_before_ma
         await publishing
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 @pytest.mark.chaos
@@ -270,7 +270,7 @@ async def test_s4_one_of_two_payment_workers_is_stopped_then_a_third_joins(
         await publishing
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 @pytest.mark.chaos
@@ -297,7 +297,7 @@ async def test_s5_a_payment_worker_paused_past_its_session_timeout_rejoins(
         assert chaos.alive("payment#2"), "the fenced worker exited instead of rejoining"
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 @pytest.mark.chaos
@@ -324,7 +324,7 @@ async def test_s9_postgresql_terminates_the_payment_workers_sessions_during_comm
         await publishing
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
 
 
 @pytest.mark.chaos
@@ -361,7 +361,7 @@ async def test_s11_a_cancellation_overtakes_its_order_through_a_retry_lane(
         chaos.start("order")
     await chaos.quiesce(workload)
     verdict = await chaos.verdict(workload)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, chaos.explain()
     assert await saga.scalar("SELECT count(*) FROM {payment}.payments") == 0
     assert verdict.figures["outcomes"] == {"CANCELLED (customer_request)": len(workload.orders)}
 
@@ -417,7 +417,7 @@ async def test_s8_postgresql_restarted_immediately_under_load(
             await publishing
         await chaos.quiesce(workload)
         verdict = await chaos.verdict(workload)
-        assert verdict.ok, verdict.summary()
+        assert verdict.ok, chaos.explain()
     finally:
         chaos.stop_all()
         await saga.close()
@@ -483,7 +483,7 @@ async def test_s6_the_partition_leader_broker_is_sigkilled_and_restarted_three_t
             await publishing
         await chaos.quiesce(workload)
         verdict = await chaos.verdict(workload)
-        assert verdict.ok, verdict.summary()
+        assert verdict.ok, chaos.explain()
     finally:
         chaos.stop_all()
         await stack.up(brokers=3)  # whatever happened, the cluster is whole for the next test
@@ -524,7 +524,7 @@ async def test_s7_a_broker_paused_for_30_seconds(
             await publishing
         await chaos.quiesce(workload)
         verdict = await chaos.verdict(workload)
-        assert verdict.ok, verdict.summary()
+        assert verdict.ok, chaos.explain()
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGCONT)  # the nemesis heals brokers too

@@ -176,6 +176,12 @@ class Chaos:
             results.write(json.dumps(row) + "\n")
         return verdict
 
+    def explain(self) -> str:
+        """What failed, and where to look: the history, the services' logs (broker and
+        database logs are under .sagaline/test-stack*/)."""
+        verdict = self.run.verdict.summary() if self.run.verdict else "no verdict"
+        return f"{verdict} (history and service logs: {self.workdir})"
+
     def stop_all(self) -> None:
         for key, process in self.processes.items():
             if process.proc.poll() is not None:
