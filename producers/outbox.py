@@ -64,18 +64,21 @@ async def stage(conn: DbConnection, schema: str, envelope: Envelope[Any], topics
         raise RuntimeError("outbox.stage must run inside the caller's transaction")
     record = encode(envelope)
     key = envelope.subject.encode()
+    # One round trip: the row, and the NOTIFY that wakes the relay at once (delivered at
+    # commit, and only if the transaction commits; repeats in one transaction fold into one).
     await conn.execute(
-        f"INSERT INTO {qualified(schema, 'outbox')} (event_id, topic, key, value, headers, bucket)"
-        " VALUES ($1, $2, $3, $4, $5::jsonb, $6)",
+        f"WITH staged AS (INSERT INTO {qualified(schema, 'outbox')}"
+        " (event_id, topic, key, value, headers, bucket) VALUES ($1, $2, $3, $4, $5::jsonb, $6))"
+        " SELECT pg_notify($7, $8)",
         envelope.id,
         topics.topic_for(type(envelope.data)),
         key,
         record.value,
         json.dumps([[name, (value or b"").decode()] for name, value in record.headers]),
         bucket_of(key),
+        NOTIFY_CHANNEL,
+        schema,
     )
-    # Delivered at commit, and only if the transaction commits: wakes the relay at once.
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, schema)
 
 
 async def stage_message(

@@ -94,6 +94,7 @@ async def create_pool(settings: Settings, dsn: str, application_name: str = "sag
             min_size=settings.postgres_pool_min,
             max_size=settings.postgres_pool_max,
             server_settings={"application_name": application_name},
+            reset=_keep_session,
         )
     except (OSError, asyncpg.CannotConnectNowError) as exc:
         raise Unreachable(
@@ -112,6 +113,15 @@ async def connect(dsn: str) -> asyncpg.Connection[Any]:
             "PostgreSQL", postgres_address(dsn), getattr(exc, "strerror", None) or str(exc)
         ) from None
     return conn
+
+
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """What a connection needs before going back to the pool: nothing beyond what asyncpg
+    always does (roll back an open transaction). Its default reset adds four statements to
+    every release (advisory unlock, CLOSE ALL, RESET ALL, UNLISTEN *), one round trip that
+    cost ~28 of a saga's ~92 statements, for session state sagaline never leaves behind:
+    its advisory locks are transaction-scoped, it sets no session variables, opens no
+    cursors outside a transaction, and the relay UNLISTENs before it releases its listener."""
 
 
 def postgres_address(dsn: str) -> str:

@@ -55,18 +55,6 @@ def summary(message: m.Message) -> str:
 async def record(ctx: HandlerContext, message: m.Message) -> None:
     envelope = ctx.envelope
     timeline, sagas = qualified(ctx.schema, "timeline"), qualified(ctx.schema, "sagas")
-    await ctx.conn.execute(
-        f"INSERT INTO {timeline} (event_id, order_id, saga_id, type, source, topic, occurred_at, summary)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
-        envelope.id,
-        message.order_id,
-        envelope.saga_id,
-        type(message).__name__,
-        envelope.source,
-        ctx.topics.topic_for(type(message)),
-        envelope.time,
-        summary(message),
-    )
     status, step = TRANSITIONS[type(message)]
     if isinstance(message, m.PaymentCompleted):
         status = "AWAITING_STOCK"
@@ -77,8 +65,12 @@ async def record(ctx: HandlerContext, message: m.Message) -> None:
     applies = (
         f"({rank.format('$3')} > {rank.format('s.status')} AND ($3 <> 'REJECTED' OR s.status = 'REQUESTED'))"
     )
+    # one round trip: the timeline row (a redelivered event id adds nothing) and the projection
     await ctx.conn.execute(
-        f"INSERT INTO {sagas} AS s"
+        f"WITH event AS (INSERT INTO {timeline}"
+        " (event_id, order_id, saga_id, type, source, topic, occurred_at, summary)"
+        " VALUES ($8, $1, $2, $7, $9, $10, $6, $11) ON CONFLICT (event_id) DO NOTHING)"
+        f" INSERT INTO {sagas} AS s"
         " (order_id, saga_id, status, step, reason, started_at, updated_at, last_event)"
         " VALUES ($1, $2, COALESCE($3, 'REQUESTED'), $4, $5, $6, $6, $7)"
         " ON CONFLICT (order_id) DO UPDATE SET"
@@ -97,6 +89,10 @@ async def record(ctx: HandlerContext, message: m.Message) -> None:
         getattr(message, "reason", None),
         envelope.time,
         type(message).__name__,
+        envelope.id,
+        envelope.source,
+        ctx.topics.topic_for(type(message)),
+        summary(message),
     )
 
 
