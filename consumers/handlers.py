@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from producers import outbox
+from producers import failpoints, outbox
 from producers.db import DbConnection
 from producers.tracing import current_trace_context
 from schemas.envelope import Envelope
@@ -36,17 +36,19 @@ class HandlerContext:
         """Stage `message` in the outbox, caused by the message being handled and carrying the
         current (processing) span's trace context."""
         traceparent, tracestate = current_trace_context()
-        staged = await outbox.stage_message(
-            self.conn,
-            self.schema,
-            message,
-            source=self.source,
-            topics=self.topics,
-            caused_by=self.envelope,
-            traceparent=traceparent,
-            tracestate=tracestate,
-        )
-        self.emitted.append(staged)
+        copies = 2 if failpoints.enabled("emit.twice") else 1  # a negative control's defect
+        for _ in range(copies):
+            staged = await outbox.stage_message(
+                self.conn,
+                self.schema,
+                message,
+                source=self.source,
+                topics=self.topics,
+                caused_by=self.envelope,
+                traceparent=traceparent,
+                tracestate=tracestate,
+            )
+            self.emitted.append(staged)
         return staged
 
 

@@ -16,8 +16,9 @@ The points: `handler.<MessageType>` (before the handler of that type runs),
 `worker.after-commit` (the database transaction committed, the Kafka offsets
 not yet), `relay.before-send`, `relay.after-send` (acknowledged, not yet marked published),
 `dlq.after-send` (a DLQ action's record acknowledged, its entry not yet marked), and the
-defects `relay.drop` (one row in ten marked published without being sent) and
-`payment.debit-twice` (a charge debits the account twice).
+defects `relay.drop` (one row in ten marked published without being sent),
+`payment.debit-twice` (a charge debits the account twice) and `emit.twice` (every event a
+handler emits is staged twice, under two event ids).
 """
 
 from __future__ import annotations

@@ -118,8 +118,9 @@ async def connect(dsn: str) -> asyncpg.Connection[Any]:
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """What a connection needs before going back to the pool: nothing beyond what asyncpg
     always does (roll back an open transaction). Its default reset adds four statements to
-    every release (advisory unlock, CLOSE ALL, RESET ALL, UNLISTEN *), one round trip that
-    cost ~28 of a saga's ~92 statements, for session state sagaline never leaves behind:
+    every release (advisory unlock, CLOSE ALL, RESET ALL, UNLISTEN *) — most of the ~35
+    statements per saga this removed (docs/benchmarks.md) — for session state sagaline
+    never leaves behind:
     its advisory locks are transaction-scoped, it sets no session variables, opens no
     cursors outside a transaction, and the relay UNLISTENs before it releases its listener."""
 

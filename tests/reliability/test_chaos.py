@@ -107,6 +107,25 @@ async def test_negative_control_a_payment_that_debits_twice_is_caught_by_i2(
     assert verdict.counts["I1"] == 0, verdict.summary()
 
 
+async def test_negative_control_a_payment_that_emits_every_event_twice_is_caught_by_i4(
+    saga: SagaPlatform, chaos_factory: Any
+) -> None:
+    """Setup: 200 orders; the payment service has the `emit.twice` defect (each event staged
+    twice under two event ids: a non-idempotent emitter, which no inbox downstream can
+    recognise as a duplicate).
+    Fault: none besides the defect.
+    Validate: the checker reports duplicate side effects (I4)."""
+    workload = plan("nc3.", 200)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("NC3 payment emits every event twice")
+    chaos.failpoints["payment"] = "emit.twice=on"
+    await chaos.start_all()
+    await chaos.publish(workload)
+    await chaos.quiesce(workload)
+    verdict = await chaos.verdict(workload)
+    assert verdict.counts["I4"] > 0, verdict.summary()
+
+
 async def test_s1_the_payment_worker_sigkilled_three_times_under_load(
     saga: SagaPlatform, chaos_factory: Any
 ) -> None:
