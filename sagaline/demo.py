@@ -41,6 +41,9 @@ class DemoOptions:
     concurrency: int = 200
     timeout_s: float = 300.0
     seed: int | None = None
+    rate: float | None = None
+    """Orders per second, open loop (each published at its scheduled time, whatever the
+    system's state), so latency means time in the saga; None publishes all at once."""
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DemoResult:
     latency_ms: dict[str, float]
     invariants: invariants.InvariantReport
     order_ids: list[str] = field(repr=False, default_factory=list)
+    offered_rate: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,6 +73,7 @@ class DemoResult:
             "seconds": round(self.seconds, 2),
             "sagas_per_s": round(self.sagas_per_s, 1),
             "latency_ms": self.latency_ms,
+            "offered_rate": self.offered_rate,
             "invariants": {"checked": self.invariants.checked, "violations": self.invariants.violations},
             "money": self.invariants.figures,
         }
@@ -128,7 +133,9 @@ async def run_demo(
     async with Publisher(kafka, source="/demo/storefront", topics=config.topics) as publisher:
         limit = asyncio.Semaphore(options.concurrency)
 
-        async def place(order: PlaceOrder) -> None:
+        async def place(number: int, order: PlaceOrder) -> None:
+            if options.rate:
+                await asyncio.sleep(max(0.0, started + number / options.rate - time.monotonic()))
             async with limit:
                 await publisher.publish(order)
                 published_at[order.order_id] = datetime.now(UTC)
@@ -138,7 +145,7 @@ async def run_demo(
                         CancelOrder(order_id=order.order_id, idempotency_key=f"cancel-{order.order_id}")
                     )
 
-        await asyncio.gather(*(place(o) for o in orders))
+        await asyncio.gather(*(place(n, o) for n, o in enumerate(orders)))
 
     order_ids = [o.order_id for o in orders]
     table = qualified(config.schema("order"), "orders")
@@ -181,6 +188,7 @@ async def run_demo(
         latency_ms=_percentiles(latencies),
         invariants=report,
         order_ids=order_ids,
+        offered_rate=options.rate,
     )
 
 

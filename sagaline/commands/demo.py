@@ -38,6 +38,14 @@ def demo(
     ),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for every saga to end."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for a repeatable order mix."),
+    rate: float | None = typer.Option(
+        None,
+        "--rate",
+        min=0.1,
+        max=100_000,
+        help="Orders per second, open loop (latency then measures the saga, not a queue). "
+        "Default: all at once.",
+    ),
     platform_mode: PlatformMode = typer.Option(
         PlatformMode.start,
         "--platform",
@@ -53,7 +61,9 @@ def demo(
         )
     settings = Settings()
     configure_logging("WARNING")
-    options = DemoOptions(orders, decline_rate, stockout_rate, cancel_rate, timeout_s=timeout, seed=seed)
+    options = DemoOptions(
+        orders, decline_rate, stockout_rate, cancel_rate, timeout_s=timeout, seed=seed, rate=rate
+    )
     result = asyncio.run(_run(settings, options, platform_mode, quiet=json_output))
     if json_output:
         emit_json(result.as_dict())
@@ -117,8 +127,9 @@ def _print(result: DemoResult) -> None:
         table.add_row("[red]not terminal[/]", str(result.open_sagas))
     out.print(table)
     latency = result.latency_ms
+    offered = f"offered {result.offered_rate:.0f}/s open loop; " if result.offered_rate else "all at once; "
     out.print(
-        f"throughput {result.sagas_per_s:.1f} sagas/s over {result.seconds:.1f}s; saga latency"
+        f"{offered}throughput {result.sagas_per_s:.1f} sagas/s over {result.seconds:.1f}s; saga latency"
         f" p50 {latency.get('p50', 0):.0f} ms, p95 {latency.get('p95', 0):.0f} ms,"
         f" p99 {latency.get('p99', 0):.0f} ms"
     )
