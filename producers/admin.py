@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from producers.connection import KafkaConnection
 from producers.errors import Unreachable
@@ -72,10 +72,10 @@ async def ensure_topics(
                 )
                 for s in missing
             ]
-            # another process may create one between our list and create: that is fine
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-            report.created = [s.name for s in missing]
+            response = await admin.create_topics(new)
+            report.created, failed = _created(response.to_object()["topic_errors"])
+            if failed:
+                raise TopicsRefused(failed)
         await _wait_for_leaders(admin, [s.name for s in specs], timeout_s)
         for spec in specs:
             if spec.name in report.created:
@@ -88,6 +88,33 @@ async def ensure_topics(
     finally:
         await admin.close()
     return report
+
+
+class TopicsRefused(RuntimeError):
+    """The controller refused to create topics (invalid replication, policy, authorization)."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__(
+            "cannot create " + "; ".join(f"{name}: {why}" for name, why in sorted(errors.items()))
+        )
+
+
+def _created(results: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Split a CreateTopics response's per-topic results into the topics this call created
+    and those it could not. Kafka answers per topic, not with an exception: a topic that
+    already exists (another process created it after our listing, or our metadata was behind
+    the controller's) is neither, and is checked for drift like any existing topic."""
+    created: list[str] = []
+    failed: dict[str, str] = {}
+    for result in results:
+        code = result["error_code"]
+        if code == 0:
+            created.append(result["topic"])
+        elif code != TopicAlreadyExistsError.errno:
+            error = for_code(code)
+            failed[result["topic"]] = f"{error.__name__}: {result.get('error_message') or error.description}"
+    return created, failed
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
