@@ -1,17 +1,30 @@
-"""Handlers and their registry: plain async functions, registered explicitly by message type."""
+"""Handlers and their registry, registered explicitly by message type.
+
+Two shapes, one registry:
+- a **handler** `async (ctx, message)` applies one message;
+- a **batch handler** `async (contexts)` applies a run of messages at once, in record order
+  (`ctx.envelope` is each message): it loads the state the run needs in one query, decides
+  in plain Python, and saves in one statement — the participant pattern that keeps a batch's
+  round trips constant however many messages it holds.
+
+Either way what a message emits is staged by the unit of work, in one statement per
+transaction, with the message's inbox row and its state change.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from producers import failpoints, outbox
+from producers import failpoints
 from producers.db import DbConnection
 from producers.tracing import current_trace_context
 from schemas.envelope import Envelope
 from schemas.messages import Message
 from schemas.topics import TopicMap
+
+TraceContext = tuple[str | None, str | None]
 
 
 @dataclass
@@ -26,46 +39,58 @@ class HandlerContext:
     topics: TopicMap
     envelope: Envelope[Message]
     emitted: list[Envelope[Message]] = field(default_factory=list)
+    # the processing span's (traceparent, tracestate) when that span is not the current one
+    # (a batch handler runs one call for many messages, each with its own span)
+    trace: TraceContext | None = None
+    # keys whose lock this transaction took already (the unit of work locks each message's
+    # subject up front): locking them again would be a round trip for nothing
+    held: frozenset[str] = frozenset()
 
     async def lock(self, key: str) -> None:
         """Serialise work on `key` (e.g. an order id) until this transaction ends: two messages
         about the same thing from different topics or lanes never interleave."""
+        if key in self.held:
+            return
         await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.schema}:{key}")
 
     async def emit(self, message: Message) -> Envelope[Message]:
-        """Stage `message` in the outbox, caused by the message being handled and carrying the
-        current (processing) span's trace context."""
-        traceparent, tracestate = current_trace_context()
+        """Stage `message`, caused by the message being handled and carrying its processing
+        span's trace context. The unit of work writes it to the outbox before the commit."""
+        traceparent, tracestate = self.trace or current_trace_context()
         copies = 2 if failpoints.enabled("emit.twice") else 1  # a negative control's defect
         for _ in range(copies):
-            staged = await outbox.stage_message(
-                self.conn,
-                self.schema,
-                message,
-                source=self.source,
-                topics=self.topics,
-                caused_by=self.envelope,
-                traceparent=traceparent,
-                tracestate=tracestate,
+            envelope: Envelope[Message] = Envelope.new(
+                message, self.source, caused_by=self.envelope, traceparent=traceparent, tracestate=tracestate
             )
-            self.emitted.append(staged)
-        return staged
+            self.emitted.append(envelope)
+        return envelope
 
 
 Handler = Callable[[HandlerContext, Any], Awaitable[None]]
+BatchHandler = Callable[[list[HandlerContext]], Awaitable[None]]
 
 
 class Handlers:
-    """Message type -> handler. A decoded message with no handler is acknowledged and
-    counted as ignored (a service reads only some of the events on a topic)."""
+    """Message type -> handler or batch handler. A decoded message with no handler is
+    acknowledged and counted as ignored (a service reads only some of the events on a topic)."""
 
     def __init__(self) -> None:
         self._by_type: dict[type[Message], Handler] = {}
+        self._batch_by_type: dict[type[Message], BatchHandler] = {}
 
     def register(self, message_type: type[Message], handler: Handler) -> None:
-        if message_type in self._by_type:
-            raise ValueError(f"{message_type.__name__} already has a handler")
+        self._claim(message_type)
         self._by_type[message_type] = handler
+
+    def register_batch(self, message_types: Iterable[type[Message]], handler: BatchHandler) -> None:
+        """One batch handler for these types: consecutive messages of them reach it together."""
+        for message_type in message_types:
+            self._claim(message_type)
+            self._batch_by_type[message_type] = handler
+
+    def _claim(self, message_type: type[Message]) -> None:
+        if message_type in self._by_type or message_type in self._batch_by_type:
+            raise ValueError(f"{message_type.__name__} already has a handler")
 
     def on(self, message_type: type[Message]) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -77,6 +102,12 @@ class Handlers:
     def get(self, message_type: type[Message]) -> Handler | None:
         return self._by_type.get(message_type)
 
+    def batch_for(self, message_type: type[Message]) -> BatchHandler | None:
+        return self._batch_by_type.get(message_type)
+
+    def handles(self, message_type: type[Message]) -> bool:
+        return message_type in self._by_type or message_type in self._batch_by_type
+
     @property
     def message_types(self) -> list[type[Message]]:
-        return list(self._by_type)
+        return [*self._by_type, *self._batch_by_type]

@@ -36,8 +36,8 @@ from consumers import inbox
 from consumers.errors import classify
 from consumers.handlers import HandlerContext, Handlers
 from consumers.lanes import Failure, Lanes, Origin, origin_of
-from consumers.tracing import process_span
-from producers import failpoints
+from consumers.tracing import Delivery, process_span, process_spans
+from producers import failpoints, outbox
 from producers.db import DbConnection
 from schemas.codec import decode
 from schemas.envelope import Envelope
@@ -140,7 +140,7 @@ class UnitOfWork:
                         async with conn.transaction():
                             await self._lock_keys(conn, todo)
                             for outcome in todo:
-                                await self._apply_one(conn, outcome)
+                                await self._apply_one(conn, outcome, _subjects(todo))
         except Exception as exc:
             failure = _failure(exc)
             if failure.failure_class == "transient":
@@ -162,7 +162,7 @@ class UnitOfWork:
         """Take the batch's per-key locks (the same ones `HandlerContext.lock` takes) up front,
         in one global order: two batches touching the same orders can then never deadlock,
         whichever topics their messages came from."""
-        keys = sorted({o.envelope.subject for o in todo if o.envelope})
+        keys = sorted(_subjects(todo))
         await conn.execute(
             "SELECT count(pg_advisory_xact_lock(h)) FROM"
             " (SELECT DISTINCT hashtext($1 || ':' || k) AS h FROM unnest($2::text[]) AS k ORDER BY h) AS s",
@@ -181,20 +181,15 @@ class UnitOfWork:
                     self.group,
                     [(o.envelope.id, o.envelope.type, o.origin.topic) for o in todo if o.envelope],
                 )
+                fresh: list[Outcome] = []
                 for outcome in todo:
-                    envelope = outcome.envelope
-                    assert envelope is not None
-                    if envelope.id not in claimed:
+                    assert outcome.envelope is not None
+                    if outcome.envelope.id not in claimed:
                         outcome.kind, outcome.emitted = "duplicate", []
                         continue
-                    claimed.discard(envelope.id)  # a second copy in the same batch is a duplicate
-                    handler = self.handlers.get(type(envelope.data))
-                    assert handler is not None
-                    ctx = HandlerContext(conn, self.schema, self.group, self.source, self.topics, envelope)
-                    with self._span(outcome):
-                        _handler_failpoint(envelope)
-                        await handler(ctx, envelope.data)
-                    outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
+                    claimed.discard(outcome.envelope.id)  # a second copy in the same batch is a duplicate
+                    fresh.append(outcome)
+                await self._run(conn, fresh, held=_subjects(todo))
             return True
         except Exception as exc:
             if conn.is_closed():
@@ -202,11 +197,9 @@ class UnitOfWork:
             log.debug("%s: batch fast path failed (%r); applying message by message", self.group, exc)
             return False
 
-    async def _apply_one(self, conn: DbConnection, outcome: Outcome) -> None:
+    async def _apply_one(self, conn: DbConnection, outcome: Outcome, held: frozenset[str]) -> None:
         envelope = outcome.envelope
         assert envelope is not None
-        handler = self.handlers.get(type(envelope.data))
-        assert handler is not None
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: classify(e) == "transient" and not conn.is_closed()),
@@ -215,7 +208,6 @@ class UnitOfWork:
                 reraise=True,
             ):
                 with attempt:
-                    ctx = HandlerContext(conn, self.schema, self.group, self.source, self.topics, envelope)
                     async with conn.transaction():  # a savepoint inside the batch transaction
                         claimed = await inbox.claim(
                             conn,
@@ -228,16 +220,53 @@ class UnitOfWork:
                         if not claimed:
                             outcome.kind, outcome.emitted = "duplicate", []
                             return
-                        with self._span(outcome):
-                            _handler_failpoint(envelope)
-                            await handler(ctx, envelope.data)
-                    outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
+                        await self._run(conn, [outcome], held=held)
         except Exception as exc:
             if conn.is_closed():
                 raise  # the batch transaction is gone: retry the batch
             failure = _failure(exc)
             outcome.kind = "retry" if failure.failure_class == "transient" else "dead_letter"
             outcome.failure, outcome.emitted = failure, []
+
+    async def _run(self, conn: DbConnection, todo: list[Outcome], *, held: frozenset[str]) -> None:
+        """Apply claimed messages in record order — a run of consecutive messages that share a
+        batch handler in one call of it — then stage everything they emitted in one statement.
+        Sets each outcome `applied` with what it emitted; raises if any handler failed (the
+        caller's transaction or savepoint then rolls back all of them)."""
+        contexts = [
+            HandlerContext(conn, self.schema, self.group, self.source, self.topics, o.envelope, held=held)
+            for o in todo
+            if o.envelope is not None
+        ]
+        i = 0
+        while i < len(contexts):
+            message_type = type(contexts[i].envelope.data)
+            batch = self.handlers.batch_for(message_type)
+            if batch is None:
+                handler = self.handlers.get(message_type)
+                assert handler is not None
+                with self._span(todo[i]):
+                    _handler_failpoint(contexts[i].envelope)
+                    await handler(contexts[i], contexts[i].envelope.data)
+                i += 1
+                continue
+            end = i + 1
+            while end < len(contexts) and self.handlers.batch_for(type(contexts[end].envelope.data)) is batch:
+                end += 1
+            run = contexts[i:end]
+            deliveries = [
+                Delivery(c.envelope, o.record.topic, o.record.partition, o.record.offset)
+                for c, o in zip(run, todo[i:end], strict=True)
+            ]
+            with process_spans(deliveries, group=self.group) as traces:
+                for ctx, trace in zip(run, traces, strict=True):
+                    ctx.trace = trace
+                    _handler_failpoint(ctx.envelope)
+                await batch(run)
+            i = end
+        await outbox.stage_many(conn, self.schema, [e for c in contexts for e in c.emitted], self.topics)
+        for outcome, ctx in zip(todo, contexts, strict=True):
+            outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
 
     def _span(self, outcome: Outcome) -> AbstractContextManager[Span]:
         """The handler's processing span (consumers.tracing): one per attempt."""
@@ -261,11 +290,15 @@ def triage(record: InboundRecord, lanes: Lanes, handlers: Handlers) -> Outcome:
             list(record.headers), record.topic, record.partition, record.offset, record.timestamp, lanes
         )
         envelope = decode(record.value, record.headers)
-        handled = handlers.get(type(envelope.data)) is not None
+        handled = handlers.handles(type(envelope.data))
     except Exception as exc:  # the trust boundary: any failure to read a record is its own
         own = Origin(record.topic, record.partition, record.offset, record.timestamp, "CREATE_TIME", 0, None)
         return Outcome(record, "dead_letter", own, failure=_failure(exc))
     return Outcome(record, "applied" if handled else "ignored", origin, envelope)
+
+
+def _subjects(todo: list[Outcome]) -> frozenset[str]:
+    return frozenset(o.envelope.subject for o in todo if o.envelope)
 
 
 def _handler_failpoint(envelope: Envelope[Message]) -> None:

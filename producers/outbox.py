@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from producers.db import DbConnection, qualified
@@ -60,22 +61,37 @@ def bucket_of(key: bytes) -> int:
 
 async def stage(conn: DbConnection, schema: str, envelope: Envelope[Any], topics: TopicMap) -> None:
     """Write `envelope` into the outbox inside the caller's open transaction."""
+    await stage_many(conn, schema, [envelope], topics)
+
+
+async def stage_many(
+    conn: DbConnection, schema: str, envelopes: Sequence[Envelope[Any]], topics: TopicMap
+) -> None:
+    """Write `envelopes`, in order, into the outbox inside the caller's open transaction:
+    one statement however many, rows numbered in the order given (the relay sends a key's
+    events in that order)."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.stage must run inside the caller's transaction")
-    record = encode(envelope)
-    key = envelope.subject.encode()
-    # One round trip: the row, and the NOTIFY that wakes the relay at once (delivered at
+    if not envelopes:
+        return
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    for envelope in envelopes:
+        record = encode(envelope)
+        key = envelope.subject.encode()
+        headers = json.dumps([[name, (value or b"").decode()] for name, value in record.headers])
+        row = (envelope.id, topics.topic_for(type(envelope.data)), key, record.value, headers, bucket_of(key))
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    # One round trip: the rows, and the NOTIFY that wakes the relay at once (delivered at
     # commit, and only if the transaction commits; repeats in one transaction fold into one).
     await conn.execute(
         f"WITH staged AS (INSERT INTO {qualified(schema, 'outbox')}"
-        " (event_id, topic, key, value, headers, bucket) VALUES ($1, $2, $3, $4, $5::jsonb, $6))"
+        " (event_id, topic, key, value, headers, bucket)"
+        " SELECT e.id, e.topic, e.key, e.value, e.headers::jsonb, e.bucket"
+        " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::smallint[])"
+        " WITH ORDINALITY AS e(id, topic, key, value, headers, bucket, n) ORDER BY e.n)"
         " SELECT pg_notify($7, $8)",
-        envelope.id,
-        topics.topic_for(type(envelope.data)),
-        key,
-        record.value,
-        json.dumps([[name, (value or b"").decode()] for name, value in record.headers]),
-        bucket_of(key),
+        *columns,
         NOTIFY_CHANNEL,
         schema,
     )
@@ -116,4 +132,12 @@ async def stage_payload(
     return await stage_message(conn, schema, message, source=source, topics=topics)
 
 
-__all__ = ["BUCKETS", "PublishValidationError", "install", "stage", "stage_message", "stage_payload"]
+__all__ = [
+    "BUCKETS",
+    "PublishValidationError",
+    "install",
+    "stage",
+    "stage_many",
+    "stage_message",
+    "stage_payload",
+]

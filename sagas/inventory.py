@@ -1,107 +1,221 @@
 """The inventory service: reserves stock on PaymentCompleted (all lines or none), releases it
-on cancellation. Stock rows are locked in SKU order, so concurrent orders for the same SKUs
-serialise without deadlocks, and a CHECK keeps `available` from ever going negative."""
+on cancellation. A CHECK keeps `available` from ever going negative.
+
+Per batch, in the unit of work's transaction (its orders' locks already held): load the
+batch's reservations and lock the stock rows they touch, in SKU order (so concurrent
+batches never deadlock), in two statements; `decide` the whole batch in plain Python; save
+the changed reservations and stock rows in one statement each. The rules live in `decide`,
+which is pure — tests shuffle deliveries through it without a database.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import asyncpg
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
-from producers.db import qualified
+from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
 from schemas.values import StockLine
 
-
-async def _reservation(ctx: HandlerContext, order_id: str) -> str | None:
-    await ctx.lock(order_id)  # a row that does not exist yet cannot be locked FOR UPDATE
-    status: str | None = await ctx.conn.fetchval(
-        f"SELECT status FROM {qualified(ctx.schema, 'reservations')} WHERE order_id = $1 FOR UPDATE", order_id
-    )
-    return status
+ReservationStatus = Literal["reserved", "rejected", "released", "cancelled"]
+Inbound = m.PaymentCompleted | m.OrderCancelling
 
 
-async def _set(ctx: HandlerContext, order_id: str, status: str, lines: list[StockLine]) -> None:
-    await ctx.conn.execute(
-        f"INSERT INTO {qualified(ctx.schema, 'reservations')} (order_id, status, lines)"
-        " VALUES ($1, $2, $3::jsonb)"
-        " ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, lines = EXCLUDED.lines,"
-        " updated_at = clock_timestamp()",
-        order_id,
-        status,
-        json.dumps([line.model_dump() for line in lines]),
-    )
+@dataclass(frozen=True)
+class Reservation:
+    """A `reservations` row: what is held for an order, and how that ended."""
+
+    order_id: str
+    status: ReservationStatus
+    lines: tuple[StockLine, ...] = ()
 
 
-async def on_payment_completed(ctx: HandlerContext, paid: m.PaymentCompleted) -> None:
-    status = await _reservation(ctx, paid.order_id)
-    if status == "cancelled":  # the cancellation came first: never reserve for it
-        await _set(ctx, paid.order_id, "rejected", [])
-        await ctx.emit(m.StockRejected(order_id=paid.order_id, reason="order cancelled before reservation"))
-        return
-    if status is not None:
-        return  # answered already
-    lines = sorted(paid.lines, key=lambda line: line.sku)
-    stock = qualified(ctx.schema, "stock")
-    available = {
-        row["sku"]: row["available"]
-        for row in await ctx.conn.fetch(
-            f"SELECT sku, available FROM {stock} WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
-            [line.sku for line in lines],
-        )
-    }
+@dataclass(frozen=True)
+class Stock:
+    """A `stock` row's moving parts (`initial` never changes)."""
+
+    sku: str
+    available: int
+    reserved: int = 0
+    released: int = 0
+
+
+@dataclass
+class Decisions:
+    """What a batch changes: reservations and stock by key (their final state), and per
+    message (in order) the events it emits."""
+
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    stock: dict[str, Stock] = field(default_factory=dict)
+    events: list[list[m.Message]] = field(default_factory=list)
+
+
+def decide(
+    reservations: dict[str, Reservation], stock: dict[str, Stock], messages: Sequence[Inbound]
+) -> Decisions:
+    """Apply `messages` in order to the loaded state. Each paid order is answered once
+    (StockReserved with every line, or StockRejected with nothing held); a cancellation
+    releases what was reserved, once, and one that comes before the payment makes sure
+    nothing is ever reserved for the order. Available stock never goes below zero."""
+    state, levels = dict(reservations), dict(stock)
+    out = Decisions()
+    for message in messages:
+        if isinstance(message, m.PaymentCompleted):
+            out.events.append(_reserve(state, levels, out, message))
+        else:
+            out.events.append(_release(state, levels, out, message.order_id))
+    return out
+
+
+def _reserve(
+    state: dict[str, Reservation], levels: dict[str, Stock], out: Decisions, paid: m.PaymentCompleted
+) -> list[m.Message]:
+    existing = state.get(paid.order_id)
+    if existing is not None and existing.status == "cancelled":  # the cancellation came first
+        _put(state, out, Reservation(paid.order_id, "rejected"))
+        return [m.StockRejected(order_id=paid.order_id, reason="order cancelled before reservation")]
+    if existing is not None:
+        return []  # answered already
+    wanted = Counter[str]()
+    for line in paid.lines:
+        wanted[line.sku] += line.quantity
     missing = [
-        StockLine(sku=line.sku, quantity=line.quantity - available.get(line.sku, 0))
-        for line in lines
-        if available.get(line.sku, 0) < line.quantity
+        StockLine(sku=sku, quantity=quantity - _available(levels, sku))
+        for sku, quantity in sorted(wanted.items())
+        if _available(levels, sku) < quantity
     ]
     if missing:
-        await _set(ctx, paid.order_id, "rejected", [])
+        _put(state, out, Reservation(paid.order_id, "rejected"))
         skus = ", ".join(f"{line.sku} (short {line.quantity})" for line in missing)
-        await ctx.emit(
+        return [
             m.StockRejected(order_id=paid.order_id, reason=f"not enough stock: {skus}"[:500], missing=missing)
+        ]
+    for sku, quantity in wanted.items():
+        row = levels[sku]
+        _level(
+            levels, out, replace(row, available=row.available - quantity, reserved=row.reserved + quantity)
         )
-        return
-    for line in lines:
-        await ctx.conn.execute(
-            f"UPDATE {stock} SET available = available - $2, reserved = reserved + $2 WHERE sku = $1",
-            line.sku,
-            line.quantity,
-        )
-    await _set(ctx, paid.order_id, "reserved", lines)
-    await ctx.emit(m.StockReserved(order_id=paid.order_id, lines=lines))
+    lines = tuple(sorted(paid.lines, key=lambda line: line.sku))
+    _put(state, out, Reservation(paid.order_id, "reserved", lines))
+    return [m.StockReserved(order_id=paid.order_id, lines=list(lines))]
 
 
-async def on_cancelling(ctx: HandlerContext, cancelling: m.OrderCancelling) -> None:
-    status = await _reservation(ctx, cancelling.order_id)
-    if status is None:
-        await _set(ctx, cancelling.order_id, "cancelled", [])  # a reservation must not follow
-        return
-    if status != "reserved":
-        return  # rejected, released or cancelled: nothing is held
-    raw = await ctx.conn.fetchval(
-        f"SELECT lines FROM {qualified(ctx.schema, 'reservations')} WHERE order_id = $1", cancelling.order_id
+def _release(
+    state: dict[str, Reservation], levels: dict[str, Stock], out: Decisions, order_id: str
+) -> list[m.Message]:
+    existing = state.get(order_id)
+    if existing is None:
+        _put(state, out, Reservation(order_id, "cancelled"))  # a reservation must not follow
+        return []
+    if existing.status != "reserved":
+        return []  # rejected, released or cancelled: nothing is held
+    for line in existing.lines:
+        row = levels[line.sku]  # it was reserved from this row, and stock rows are never deleted
+        _level(
+            levels,
+            out,
+            replace(row, available=row.available + line.quantity, released=row.released + line.quantity),
+        )
+    _put(state, out, replace(existing, status="released"))
+    return [m.StockReleased(order_id=order_id, lines=list(existing.lines))]
+
+
+def _available(levels: dict[str, Stock], sku: str) -> int:
+    row = levels.get(sku)
+    return row.available if row else 0
+
+
+def _put(state: dict[str, Reservation], out: Decisions, reservation: Reservation) -> None:
+    state[reservation.order_id] = out.reservations[reservation.order_id] = reservation
+
+
+def _level(levels: dict[str, Stock], out: Decisions, row: Stock) -> None:
+    levels[row.sku] = out.stock[row.sku] = row
+
+
+# --- the batch handler: load, decide, save --------------------------------------------------
+
+
+async def apply(contexts: list[HandlerContext]) -> None:
+    conn, schema = contexts[0].conn, contexts[0].schema
+    messages: list[Inbound] = [ctx.envelope.data for ctx in contexts]  # type: ignore[misc]
+    reservations = await _load_reservations(conn, schema, sorted({msg.order_id for msg in messages}))
+    skus = {line.sku for msg in messages if isinstance(msg, m.PaymentCompleted) for line in msg.lines}
+    skus |= {line.sku for r in reservations.values() if r.status == "reserved" for line in r.lines}
+    stock = await _lock_stock(conn, schema, sorted(skus))
+    decisions = decide(reservations, stock, messages)
+    await _save(conn, schema, decisions)
+    for ctx, events in zip(contexts, decisions.events, strict=True):
+        for event in events:
+            await ctx.emit(event)
+
+
+async def _load_reservations(conn: DbConnection, schema: str, order_ids: list[str]) -> dict[str, Reservation]:
+    rows = await conn.fetch(
+        f"SELECT order_id, status, lines FROM {qualified(schema, 'reservations')}"
+        " WHERE order_id = ANY($1::text[])",
+        order_ids,
     )
-    lines = sorted((StockLine.model_validate(x) for x in json.loads(raw)), key=lambda line: line.sku)
-    for line in lines:
-        await ctx.conn.execute(
-            f"UPDATE {qualified(ctx.schema, 'stock')}"
-            " SET available = available + $2, released = released + $2 WHERE sku = $1",
-            line.sku,
-            line.quantity,
+    return {
+        row["order_id"]: Reservation(
+            row["order_id"],
+            row["status"],
+            tuple(StockLine.model_validate(x) for x in json.loads(row["lines"])),
         )
-    await _set(ctx, cancelling.order_id, "released", lines)
-    await ctx.emit(m.StockReleased(order_id=cancelling.order_id, lines=lines))
+        for row in rows
+    }
+
+
+async def _lock_stock(conn: DbConnection, schema: str, skus: list[str]) -> dict[str, Stock]:
+    """Lock the stock rows in SKU order: the rows are locked as the sorted scan returns them,
+    so every batch takes them in one global order."""
+    rows = await conn.fetch(
+        f"SELECT sku, available, reserved, released FROM {qualified(schema, 'stock')}"
+        " WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+        skus,
+    )
+    return {row["sku"]: Stock(**dict(row)) for row in rows}
+
+
+async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
+    if decisions.reservations:
+        rows = list(decisions.reservations.values())
+        await conn.execute(
+            f"INSERT INTO {qualified(schema, 'reservations')} (order_id, status, lines)"
+            " SELECT r.order_id, r.status, r.lines::jsonb FROM unnest($1::text[], $2::text[], $3::text[])"
+            " AS r(order_id, status, lines)"
+            " ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, lines = EXCLUDED.lines,"
+            " updated_at = clock_timestamp()",
+            [r.order_id for r in rows],
+            [r.status for r in rows],
+            [json.dumps([line.model_dump() for line in r.lines]) for r in rows],
+        )
+    if decisions.stock:
+        levels = list(decisions.stock.values())
+        await conn.execute(
+            f"UPDATE {qualified(schema, 'stock')} AS s"
+            " SET available = v.available, reserved = v.reserved, released = v.released"
+            " FROM unnest($1::text[], $2::int[], $3::int[], $4::int[])"
+            " AS v(sku, available, reserved, released)"
+            " WHERE s.sku = v.sku",
+            [s.sku for s in levels],
+            [s.available for s in levels],
+            [s.reserved for s in levels],
+            [s.released for s in levels],
+        )
 
 
 def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
     handlers = Handlers()
-    handlers.register(m.PaymentCompleted, on_payment_completed)
-    handlers.register(m.OrderCancelling, on_cancelling)
+    handlers.register_batch((m.PaymentCompleted, m.OrderCancelling), apply)
     return handlers
 
 
@@ -110,5 +224,4 @@ def spec(config: SagaConfig) -> WorkerSpec:
         "inventory",
         subscribe=(config.topics.orders, config.topics.payments),
         build_handlers=build_handlers,
-        transaction_per_message=True,  # hot rows (stock) would chain locks across a batch
     )

@@ -3,11 +3,19 @@
 One `payments` row per order makes "at most one charge and at most one refund" structural:
 the row is created by the charge (or by a cancellation that came first, which voids it) and
 a refund only moves it from `charged` to `refunded`. A decline is a business outcome.
+
+Per batch, in the unit of work's transaction (its orders' locks already held): load the
+batch's payment rows and lock the accounts they touch, in customer order (so concurrent
+batches never deadlock), in two statements; `decide` the whole batch in plain Python; save
+the changed payments and balances in one statement each. The rules live in `decide`, which
+is pure — tests shuffle deliveries through it without a database.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import asyncpg
 
@@ -19,75 +27,102 @@ from sagas.config import SagaConfig
 from schemas import messages as m
 from schemas.values import Money, StockLine
 
+PaymentStatus = Literal["charged", "declined", "voided", "refunded"]
+Inbound = m.OrderPlaced | m.StockRejected | m.OrderCancelling
+
 
 def payment_id(order_id: str) -> str:
     """Deterministic: the same order always names the same payment."""
     return f"{order_id}:charge"
 
 
-async def on_placed(ctx: HandlerContext, placed: m.OrderPlaced) -> None:
-    await ctx.lock(placed.order_id)
-    payments = qualified(ctx.schema, "payments")
-    existing = await ctx.conn.fetchval(f"SELECT status FROM {payments} WHERE order_id = $1", placed.order_id)
-    if existing == "voided":
+@dataclass(frozen=True)
+class Payment:
+    """A `payments` row."""
+
+    order_id: str
+    status: PaymentStatus
+    customer_id: str
+    currency: str
+    amount_minor: int
+    charged_minor: int = 0
+    refunded_minor: int = 0
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    customer_id: str
+    currency: str
+    balance_minor: int
+
+
+@dataclass
+class Decisions:
+    """What a batch changes: payments and accounts by key (their final state), and per
+    message (in order) the events it emits."""
+
+    payments: dict[str, Payment] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    events: list[list[m.Message]] = field(default_factory=list)
+
+
+def decide(
+    payments: dict[str, Payment], accounts: dict[str, Account], messages: Sequence[Inbound]
+) -> Decisions:
+    """Apply `messages` in order to the loaded state. Each order is answered once
+    (PaymentCompleted or PaymentFailed), charged at most once and refunded at most once; a
+    cancellation that comes before the charge voids the payment, and the charge then
+    declines. A balance never goes below zero."""
+    state, balances = dict(payments), dict(accounts)
+    out = Decisions()
+    for message in messages:
+        events: list[m.Message] = []
+        if isinstance(message, m.OrderPlaced):
+            events = _charge(state, balances, out, message)
+        else:
+            reason = (
+                f"out of stock: {message.reason}"[:500]
+                if isinstance(message, m.StockRejected)
+                else f"order cancelled: {message.reason}"
+            )
+            events = _refund(state, balances, out, message.order_id, reason)
+        out.events.append(events)
+    return out
+
+
+def _charge(
+    state: dict[str, Payment], balances: dict[str, Account], out: Decisions, placed: m.OrderPlaced
+) -> list[m.Message]:
+    existing = state.get(placed.order_id)
+    amount = placed.total.amount_minor
+    declined = Payment(placed.order_id, "declined", placed.customer_id, placed.total.currency, amount)
+    if existing is not None and existing.status == "voided":
         # The cancellation overtook this order (a retry lane or a dead letter delayed it):
         # never charge, but answer, so the order learns how its payment ended.
-        await ctx.conn.execute(
-            f"UPDATE {payments} SET status = 'declined', customer_id = $2, currency = $3, amount_minor = $4,"
-            " updated_at = clock_timestamp() WHERE order_id = $1",
-            placed.order_id,
-            placed.customer_id,
-            placed.total.currency,
-            placed.total.amount_minor,
-        )
-        await ctx.emit(
-            m.PaymentFailed(
-                order_id=placed.order_id,
-                customer_id=placed.customer_id,
-                amount=placed.total,
-                reason="order cancelled before payment",
-            )
-        )
-        return
+        reason = "order cancelled before payment"
+        _put(state, out, replace(declined, reason=existing.reason))
+        return [_failed(placed, reason)]
     if existing is not None:
-        return  # already charged or declined: at most one charge per order
-    amount = placed.total.amount_minor
-    charged = await ctx.conn.fetchval(
-        f"UPDATE {qualified(ctx.schema, 'accounts')} SET balance_minor = balance_minor - $2"
-        " WHERE customer_id = $1 AND currency = $3 AND balance_minor >= $2 RETURNING balance_minor",
-        placed.customer_id,
-        amount,
-        placed.total.currency,
-    )
-    if charged is not None and failpoints.enabled("payment.debit-twice"):  # a negative control's defect
-        await ctx.conn.execute(
-            f"UPDATE {qualified(ctx.schema, 'accounts')} SET balance_minor = balance_minor - $2"
-            " WHERE customer_id = $1",
-            placed.customer_id,
-            amount,
-        )
-    if charged is None:
-        known = await ctx.conn.fetchval(
-            f"SELECT currency FROM {qualified(ctx.schema, 'accounts')} WHERE customer_id = $1",
-            placed.customer_id,
-        )
+        return []  # already charged or declined: at most one charge per order
+    account = balances.get(placed.customer_id)
+    if account is None or account.currency != placed.total.currency or account.balance_minor < amount:
         reason = (
             "unknown customer account"
-            if known is None
+            if account is None
             else "currency mismatch"
-            if known != placed.total.currency
+            if account.currency != placed.total.currency
             else "insufficient funds"
         )
-        await _record(ctx.conn, ctx.schema, placed, "declined", 0, reason)
-        await ctx.emit(
-            m.PaymentFailed(
-                order_id=placed.order_id, customer_id=placed.customer_id, amount=placed.total, reason=reason
-            )
-        )
-        return
-    await _record(ctx.conn, ctx.schema, placed, "charged", amount, None)
+        _put(state, out, replace(declined, reason=reason))
+        return [_failed(placed, reason)]
+    debit = 2 * amount if failpoints.enabled("payment.debit-twice") else amount  # a negative control's defect
+    balances[account.customer_id] = out.accounts[account.customer_id] = replace(
+        account, balance_minor=account.balance_minor - debit
+    )
+    _put(state, out, replace(declined, status="charged", charged_minor=amount))
     lines = [StockLine(sku=i.sku, quantity=i.quantity) for i in placed.items]
-    await ctx.emit(
+    return [
         m.PaymentCompleted(
             order_id=placed.order_id,
             payment_id=payment_id(placed.order_id),
@@ -95,81 +130,120 @@ async def on_placed(ctx: HandlerContext, placed: m.OrderPlaced) -> None:
             amount=placed.total,
             lines=lines,
         )
-    )
+    ]
 
 
-async def _record(
-    conn: DbConnection, schema: str, placed: m.OrderPlaced, status: str, charged: int, reason: str | None
-) -> None:
-    await conn.execute(
-        f"INSERT INTO {qualified(schema, 'payments')}"
-        " (order_id, payment_id, customer_id, currency, amount_minor, status, charged_minor, reason)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        placed.order_id,
-        payment_id(placed.order_id) if status == "charged" else None,
-        placed.customer_id,
-        placed.total.currency,
-        placed.total.amount_minor,
-        status,
-        charged,
-        reason,
-    )
-
-
-async def refund(ctx: HandlerContext, order_id: str, reason: str) -> None:
+def _refund(
+    state: dict[str, Payment], balances: dict[str, Account], out: Decisions, order_id: str, reason: str
+) -> list[m.Message]:
     """Refund a charged order once; void an order not charged yet (a charge never follows)."""
-    await ctx.lock(order_id)
-    payments = qualified(ctx.schema, "payments")
-    row = await ctx.conn.fetchrow(
-        f"SELECT status, customer_id, currency, charged_minor FROM {payments} WHERE order_id = $1 FOR UPDATE",
-        order_id,
-    )
-    if row is None:
-        await ctx.conn.execute(
-            f"INSERT INTO {payments} (order_id, customer_id, currency, amount_minor, status, reason)"
-            " VALUES ($1, '', '', 0, 'voided', $2)",
-            order_id,
-            reason,
+    existing = state.get(order_id)
+    if existing is None:
+        _put(state, out, Payment(order_id, "voided", "", "", 0, reason=reason))
+        return []
+    if existing.status != "charged":
+        return []  # declined, voided or refunded already: at most one refund per order
+    amount = existing.charged_minor
+    _put(state, out, replace(existing, status="refunded", refunded_minor=amount, reason=reason))
+    account = balances.get(existing.customer_id)
+    if account is not None:  # the account it was charged to; accounts are never deleted
+        balances[account.customer_id] = out.accounts[account.customer_id] = replace(
+            account, balance_minor=account.balance_minor + amount
         )
-        return
-    if row["status"] != "charged":
-        return  # declined, voided or refunded already: at most one refund per order
-    amount = row["charged_minor"]
-    await ctx.conn.execute(
-        f"UPDATE {payments} SET status = 'refunded', refunded_minor = charged_minor, reason = $2,"
-        " updated_at = clock_timestamp() WHERE order_id = $1",
-        order_id,
-        reason,
-    )
-    await ctx.conn.execute(
-        f"UPDATE {qualified(ctx.schema, 'accounts')} SET balance_minor = balance_minor + $2"
-        " WHERE customer_id = $1",
-        row["customer_id"],
-        amount,
-    )
-    await ctx.emit(
+    return [
         m.PaymentRefunded(
             order_id=order_id,
             payment_id=payment_id(order_id),
-            amount=Money(amount_minor=amount, currency=row["currency"]),
+            amount=Money(amount_minor=amount, currency=existing.currency),
             reason=reason,
         )
+    ]
+
+
+def _put(state: dict[str, Payment], out: Decisions, payment: Payment) -> None:
+    state[payment.order_id] = out.payments[payment.order_id] = payment
+
+
+def _failed(placed: m.OrderPlaced, reason: str) -> m.PaymentFailed:
+    return m.PaymentFailed(
+        order_id=placed.order_id, customer_id=placed.customer_id, amount=placed.total, reason=reason
     )
 
 
-async def on_stock_rejected(ctx: HandlerContext, rejected: m.StockRejected) -> None:
-    await refund(ctx, rejected.order_id, f"out of stock: {rejected.reason}"[:500])
+# --- the batch handler: load, decide, save --------------------------------------------------
+
+_PAYMENT_COLUMNS = (
+    "order_id, status, customer_id, currency, amount_minor, charged_minor, refunded_minor, reason"
+)
 
 
-async def on_cancelling(ctx: HandlerContext, cancelling: m.OrderCancelling) -> None:
-    await refund(ctx, cancelling.order_id, f"order cancelled: {cancelling.reason}")
+async def apply(contexts: list[HandlerContext]) -> None:
+    conn, schema = contexts[0].conn, contexts[0].schema
+    messages: list[Inbound] = [ctx.envelope.data for ctx in contexts]  # type: ignore[misc]
+    payments = await _load_payments(conn, schema, sorted({msg.order_id for msg in messages}))
+    customers = {msg.customer_id for msg in messages if isinstance(msg, m.OrderPlaced)}
+    customers |= {p.customer_id for p in payments.values() if p.status == "charged"}
+    accounts = await _lock_accounts(conn, schema, sorted(customers))
+    decisions = decide(payments, accounts, messages)
+    await _save(conn, schema, decisions)
+    for ctx, events in zip(contexts, decisions.events, strict=True):
+        for event in events:
+            await ctx.emit(event)
+
+
+async def _load_payments(conn: DbConnection, schema: str, order_ids: list[str]) -> dict[str, Payment]:
+    rows = await conn.fetch(
+        f"SELECT {_PAYMENT_COLUMNS} FROM {qualified(schema, 'payments')} WHERE order_id = ANY($1::text[])",
+        order_ids,
+    )
+    return {row["order_id"]: Payment(**dict(row)) for row in rows}
+
+
+async def _lock_accounts(conn: DbConnection, schema: str, customers: list[str]) -> dict[str, Account]:
+    """Lock the accounts in customer order: the rows are locked as the sorted scan returns
+    them, so every batch takes them in one global order."""
+    rows = await conn.fetch(
+        f"SELECT customer_id, currency, balance_minor FROM {qualified(schema, 'accounts')}"
+        " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
+        customers,
+    )
+    return {row["customer_id"]: Account(**dict(row)) for row in rows}
+
+
+async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
+    if decisions.payments:
+        rows = list(decisions.payments.values())
+        await conn.execute(
+            f"INSERT INTO {qualified(schema, 'payments')} AS p"
+            f" (payment_id, {_PAYMENT_COLUMNS})"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],"
+            " $7::bigint[], $8::bigint[], $9::text[])"
+            " ON CONFLICT (order_id) DO UPDATE SET payment_id = EXCLUDED.payment_id,"
+            " status = EXCLUDED.status, customer_id = EXCLUDED.customer_id, currency = EXCLUDED.currency,"
+            " amount_minor = EXCLUDED.amount_minor, charged_minor = EXCLUDED.charged_minor,"
+            " refunded_minor = EXCLUDED.refunded_minor, reason = EXCLUDED.reason,"
+            " updated_at = clock_timestamp()",
+            [payment_id(p.order_id) if p.status in ("charged", "refunded") else None for p in rows],
+            *_columns(rows, _PAYMENT_COLUMNS),
+        )
+    if decisions.accounts:
+        accounts = list(decisions.accounts.values())
+        await conn.execute(
+            f"UPDATE {qualified(schema, 'accounts')} AS a SET balance_minor = v.balance"
+            " FROM unnest($1::text[], $2::bigint[]) AS v(customer_id, balance)"
+            " WHERE a.customer_id = v.customer_id",
+            [a.customer_id for a in accounts],
+            [a.balance_minor for a in accounts],
+        )
+
+
+def _columns(rows: list[Payment], names: str) -> list[list[Any]]:
+    return [[getattr(row, name.strip()) for row in rows] for name in names.split(",")]
 
 
 def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
     handlers = Handlers()
-    handlers.register(m.OrderPlaced, on_placed)
-    handlers.register(m.StockRejected, on_stock_rejected)
-    handlers.register(m.OrderCancelling, on_cancelling)
+    handlers.register_batch((m.OrderPlaced, m.StockRejected, m.OrderCancelling), apply)
     return handlers
 
 
@@ -178,5 +252,4 @@ def spec(config: SagaConfig) -> WorkerSpec:
         "payment",
         subscribe=(config.topics.orders, config.topics.inventory),
         build_handlers=build_handlers,
-        transaction_per_message=True,  # hot rows (accounts) would chain locks across a batch
     )

@@ -7,7 +7,7 @@ the current step. A timeline row per event id makes redelivery harmless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from consumers.spec import WorkerSpec
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
+from schemas.envelope import Envelope
 
 TERMINAL_STATUSES = ("CONFIRMED", "CANCELLED", "REJECTED")
 STATUS_ORDER = (
@@ -48,58 +49,100 @@ TRANSITIONS: dict[type[m.Message], tuple[str | None, str]] = {
 }
 
 
+@dataclass(frozen=True)
+class SagaRow:
+    order_id: str
+    saga_id: str
+    status: str
+    step: str
+    reason: str | None
+    started_at: datetime
+    updated_at: datetime
+    last_event: str
+
+
 def summary(message: m.Message) -> str:
     return message.model_dump_json(exclude={"order_id"})[:300]
 
 
-async def record(ctx: HandlerContext, message: m.Message) -> None:
-    envelope = ctx.envelope
-    timeline, sagas = qualified(ctx.schema, "timeline"), qualified(ctx.schema, "sagas")
+def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
+    """The saga after one more event. Events of different topics arrive in any order: a
+    status only ever moves forward. A rejection ends only a saga that never started: an
+    OrderRejected for a request that reused an existing order's id is about that request, not
+    about the order. The step follows the latest event until the saga is terminal."""
+    message = envelope.data
     status, step = TRANSITIONS[type(message)]
     if isinstance(message, m.PaymentCompleted):
         status = "AWAITING_STOCK"
-    # Events of different topics arrive in any order: a status only ever moves forward. A
-    # rejection ends only a saga that never started: an OrderRejected for a request that
-    # reused an existing order's id is about that request, not about the order.
-    rank = f"array_position(ARRAY{list(STATUS_ORDER)}::text[], {{}})"
+    reason: str | None = getattr(message, "reason", None)
+    at, last = envelope.time, type(message).__name__
+    if row is None:
+        return SagaRow(message.order_id, envelope.saga_id, status or "REQUESTED", step, reason, at, at, last)
     applies = (
-        f"({rank.format('$3')} > {rank.format('s.status')} AND ($3 <> 'REJECTED' OR s.status = 'REQUESTED'))"
+        status is not None
+        and STATUS_ORDER.index(status) > STATUS_ORDER.index(row.status)
+        and (status != "REJECTED" or row.status == "REQUESTED")
     )
-    # one round trip: the timeline row (a redelivered event id adds nothing) and the projection
-    await ctx.conn.execute(
+    moves = applies or (row.status not in TERMINAL_STATUSES and status != "REJECTED")
+    return replace(
+        row,
+        status=status if applies and status else row.status,
+        step=step if moves else row.step,
+        reason=row.reason
+        if status == "REJECTED" and not applies
+        else (reason if reason is not None else row.reason),
+        started_at=min(row.started_at, at),
+        updated_at=max(row.updated_at, at),
+        last_event=last,
+    )
+
+
+_SAGA_COLUMNS = "order_id, saga_id, status, step, reason, started_at, updated_at, last_event"
+
+
+async def record(contexts: list[HandlerContext]) -> None:
+    """A batch in two statements: its timeline rows (a redelivered event id adds nothing)
+    together with loading the sagas it touches; then the folded sagas, saved at once."""
+    conn, schema, topics = contexts[0].conn, contexts[0].schema, contexts[0].topics
+    envelopes = [ctx.envelope for ctx in contexts]
+    timeline, sagas = qualified(schema, "timeline"), qualified(schema, "sagas")
+    order_ids = sorted({e.data.order_id for e in envelopes})
+    rows = await conn.fetch(
         f"WITH event AS (INSERT INTO {timeline}"
         " (event_id, order_id, saga_id, type, source, topic, occurred_at, summary)"
-        " VALUES ($8, $1, $2, $7, $9, $10, $6, $11) ON CONFLICT (event_id) DO NOTHING)"
-        f" INSERT INTO {sagas} AS s"
-        " (order_id, saga_id, status, step, reason, started_at, updated_at, last_event)"
-        " VALUES ($1, $2, COALESCE($3, 'REQUESTED'), $4, $5, $6, $6, $7)"
-        " ON CONFLICT (order_id) DO UPDATE SET"
-        f"  status = CASE WHEN {applies} THEN $3 ELSE s.status END,"
-        f"  step = CASE WHEN {applies} OR (s.status <> ALL(ARRAY{list(TERMINAL_STATUSES)}::text[])"
-        "              AND COALESCE($3, '') <> 'REJECTED') THEN $4 ELSE s.step END,"
-        f"  reason = CASE WHEN $3 = 'REJECTED' AND NOT {applies} THEN s.reason"
-        "               ELSE COALESCE($5, s.reason) END,"
-        "  started_at = LEAST(s.started_at, $6),"
-        "  updated_at = GREATEST(s.updated_at, $6),"
-        "  last_event = $7",
-        message.order_id,
-        envelope.saga_id,
-        status,
-        step,
-        getattr(message, "reason", None),
-        envelope.time,
-        type(message).__name__,
-        envelope.id,
-        envelope.source,
-        ctx.topics.topic_for(type(message)),
-        summary(message),
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        " $7::timestamptz[], $8::text[]) ON CONFLICT (event_id) DO NOTHING)"
+        f" SELECT {_SAGA_COLUMNS} FROM {sagas} WHERE order_id = ANY($9::text[])",
+        [e.id for e in envelopes],
+        [e.data.order_id for e in envelopes],
+        [e.saga_id for e in envelopes],
+        [type(e.data).__name__ for e in envelopes],
+        [e.source for e in envelopes],
+        [topics.topic_for(type(e.data)) for e in envelopes],
+        [e.time for e in envelopes],
+        [summary(e.data) for e in envelopes],
+        order_ids,
+    )
+    state: dict[str, SagaRow] = {row["order_id"]: SagaRow(**dict(row)) for row in rows}
+    changed: dict[str, SagaRow] = {}
+    for envelope in envelopes:
+        order_id = envelope.data.order_id
+        state[order_id] = changed[order_id] = fold(state.get(order_id), envelope)
+    saved = list(changed.values())
+    await conn.execute(
+        f"INSERT INTO {sagas} ({_SAGA_COLUMNS})"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+        " $6::timestamptz[], $7::timestamptz[], $8::text[])"
+        " ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, step = EXCLUDED.step,"
+        " reason = EXCLUDED.reason, started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at,"
+        " last_event = EXCLUDED.last_event",
+        *[[getattr(row, name.strip()) for row in saved] for name in _SAGA_COLUMNS.split(",")],
     )
 
 
 def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
     handlers = Handlers()
-    for message_type in TRANSITIONS:
-        handlers.register(message_type, record)
+    handlers.register_batch(TRANSITIONS, record)
     return handlers
 
 
@@ -114,18 +157,6 @@ def spec(config: SagaConfig) -> WorkerSpec:
 
 
 # --- queries for `sagaline saga show|list` ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SagaRow:
-    order_id: str
-    saga_id: str
-    status: str
-    step: str
-    reason: str | None
-    started_at: datetime
-    updated_at: datetime
-    last_event: str
 
 
 async def show(conn: DbConnection, schema: str, order_id: str) -> tuple[SagaRow | None, list[dict[str, Any]]]:

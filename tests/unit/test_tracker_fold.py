@@ -1,0 +1,81 @@
+"""The tracker's projection, with no I/O: events of one saga arrive from four topics in any
+order; the saga's status only moves forward and ends where the order service put it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sagas.tracker import STATUS_ORDER, SagaRow, fold
+from schemas import messages as m
+from schemas.envelope import Envelope
+from schemas.values import LineItem, Money, StockLine
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+EUR = Money(amount_minor=500, currency="EUR")
+LINES = [StockLine(sku="mug", quantity=1)]
+
+
+def _envelope(message: m.Message, second: int) -> Envelope[m.Message]:
+    return Envelope(source="/test", saga_id="saga-1", time=T0 + timedelta(seconds=second), data=message)
+
+
+def confirmed_saga() -> list[Envelope[m.Message]]:
+    """The happy path, in the order it happens."""
+    messages: list[m.Message] = [
+        m.OrderPlaced(
+            order_id="o-1",
+            customer_id="c-1",
+            items=[LineItem(sku="mug", quantity=1, unit_price_minor=500)],
+            total=EUR,
+        ),
+        m.PaymentCompleted(
+            order_id="o-1", payment_id="o-1:charge", customer_id="c-1", amount=EUR, lines=LINES
+        ),
+        m.StockReserved(order_id="o-1", lines=LINES),
+        m.OrderConfirmed(order_id="o-1", total=EUR),
+    ]
+    return [_envelope(message, n) for n, message in enumerate(messages)]
+
+
+def _fold_all(envelopes: list[Envelope[m.Message]]) -> list[SagaRow]:
+    row: SagaRow | None = None
+    seen = []
+    for envelope in envelopes:
+        row = fold(row, envelope)
+        seen.append(row)
+    return seen
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.permutations(confirmed_saga()))
+def test_any_arrival_order_ends_confirmed_and_status_never_moves_back(
+    envelopes: list[Envelope[m.Message]],
+) -> None:
+    rows = _fold_all(envelopes)
+    ranks = [STATUS_ORDER.index(r.status) for r in rows]
+    assert ranks == sorted(ranks)
+    final = rows[-1]
+    assert (final.status, final.step) == ("CONFIRMED", "done")
+    assert (final.started_at, final.updated_at) == (T0, T0 + timedelta(seconds=3))
+    assert final.saga_id == "saga-1"
+
+
+def test_a_rejection_of_a_reused_order_id_leaves_the_running_saga_alone() -> None:
+    placed = confirmed_saga()[0]
+    rejected = _envelope(
+        m.OrderRejected(order_id="o-1", idempotency_key="key-00001", reason="order id reused"), 5
+    )
+    row = _fold_all([placed, rejected])[-1]
+    assert (row.status, row.step, row.reason) == ("PENDING_PAYMENT", "payment: charging", None)
+    assert row.last_event == "OrderRejected"
+
+
+def test_a_rejection_ends_a_saga_that_never_started() -> None:
+    rejected = _envelope(
+        m.OrderRejected(order_id="o-1", idempotency_key="key-00001", reason="order id reused"), 0
+    )
+    row = _fold_all([rejected])[-1]
+    assert (row.status, row.step, row.reason) == ("REJECTED", "done", "order id reused")
