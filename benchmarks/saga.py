@@ -11,98 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import subprocess
-import time
-import uuid
 from typing import Any
 
-import asyncpg
-
-from benchmarks.costs import CpuSample, pg_counters, postmaster_pid
 from producers.admin import ensure_topics
 from sagaline.bootstrap import create_pool, endpoints, local_stack, saga_config
+from sagaline.ceilings import kafka_perf, postgres_commit_rate
+from sagaline.costs import CpuSample, pg_counters, postmaster_pid
 from sagaline.demo import DemoOptions, run_demo
-from sagaline.localstack import kafka as local_kafka
 from sagaline.localstack.process import read_pid
 from sagaline.platform import Platform
 from sagaline.settings import Settings
-from schemas.topics import TopicSpec
-
-
-def _java_tool(libs: Any, main: str, *args: str) -> str:
-    result = subprocess.run(
-        ["java", "-Xmx512m", "-cp", f"{libs}/*", main, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return result.stdout
-
-
-async def _kafka_ceilings(settings: Settings, bootstrap: str) -> dict[str, float]:
-    libs, _ = local_kafka.ensure_jars(settings.cache_dir)
-    topic = f"bench.perf.{uuid.uuid4().hex[:6]}"
-    ends = await endpoints(settings, start_local=False)
-    await ensure_topics(ends.kafka, [TopicSpec(topic, partitions=6, replication=1)])
-    records = 200_000
-    produced = await asyncio.to_thread(
-        _java_tool, libs, "org.apache.kafka.tools.ProducerPerformance",
-        "--topic", topic, "--num-records", str(records), "--record-size", "400", "--throughput", "-1",
-        "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-        "linger.ms=5",
-    )  # fmt: skip
-    producer_rate = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
-    consumed = await asyncio.to_thread(
-        _java_tool, libs, "org.apache.kafka.tools.ConsumerPerformance",
-        "--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records), "--hide-header",
-    )  # fmt: skip
-    # data: start, end, MB, MB/s, nMsg, nMsg/s, ...
-    consumer_rate = float(consumed.strip().splitlines()[-1].split(",")[5])
-    return {
-        "kafka_producer_perf_records_per_s": producer_rate,
-        "kafka_consumer_perf_records_per_s": consumer_rate,
-    }
-
-
-async def _postgres_commit_rate(dsn: str, seconds: float = 5.0, connections: int = 4) -> float:
-    """Single-row INSERT + COMMIT from several connections, fsync on: the database's ceiling."""
-    schema = f"bench_commit_{uuid.uuid4().hex[:6]}"
-    conn = await asyncpg.connect(dsn)
-    await conn.execute(
-        f'CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".t (id bigserial PRIMARY KEY, v text)'
-    )
-    await conn.close()
-    deadline = time.monotonic() + seconds
-
-    async def worker() -> int:
-        c = await asyncpg.connect(dsn)
-        n = 0
-        try:
-            while time.monotonic() < deadline:
-                async with c.transaction():
-                    await c.execute(f'INSERT INTO "{schema}".t (v) VALUES ($1)', "x" * 100)
-                n += 1
-        finally:
-            await c.close()
-        return n
-
-    started = time.monotonic()
-    total = sum(await asyncio.gather(*(worker() for _ in range(connections))))
-    rate = total / (time.monotonic() - started)
-    conn = await asyncpg.connect(dsn)
-    await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    await conn.close()
-    return rate
 
 
 async def run_async(orders: int) -> dict[str, Any]:
     settings = Settings()
     ends = await endpoints(settings, start_local=True)
     bootstrap = settings.kafka_bootstrap or local_stack(settings).kafka_bootstrap()
-    ceilings = await _kafka_ceilings(settings, bootstrap)
-    ceilings["postgres_commits_per_s"] = await _postgres_commit_rate(ends.postgres_dsn)
+    ceilings = await kafka_perf(settings, ends.kafka, bootstrap)
+    ceilings["postgres_commits_per_s"] = await postgres_commit_rate(ends.postgres_dsn)
     config = saga_config(settings)
     await ensure_topics(ends.kafka, config.topics.specs())
     platform = Platform(ends, settings.state_dir / "logs", settings.metrics_port)

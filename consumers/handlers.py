@@ -46,12 +46,11 @@ class HandlerContext:
     # subject up front): locking them again would be a round trip for nothing
     held: frozenset[str] = frozenset()
 
-    async def lock(self, key: str) -> None:
-        """Serialise work on `key` (e.g. an order id) until this transaction ends: two messages
-        about the same thing from different topics or lanes never interleave."""
-        if key in self.held:
-            return
-        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.schema}:{key}")
+    async def lock(self, *keys: str) -> None:
+        """Serialise work on `keys` (e.g. an order id) until this transaction ends: two messages
+        about the same thing from different topics or lanes never interleave. Several keys are
+        locked in one statement, in one global order (so two such calls cannot deadlock)."""
+        await lock_keys(self.conn, self.schema, [key for key in keys if key not in self.held])
 
     async def emit(self, message: Message) -> Envelope[Message]:
         """Stage `message`, caused by the message being handled and carrying its processing
@@ -64,6 +63,19 @@ class HandlerContext:
             )
             self.emitted.append(envelope)
         return envelope
+
+
+async def lock_keys(conn: DbConnection, schema: str, keys: Iterable[str]) -> None:
+    """Advisory transaction locks on `keys` (scoped by `schema`), in one statement, taken in
+    one global order: transactions that lock overlapping sets this way never deadlock."""
+    wanted = sorted(set(keys))
+    if wanted:
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(h)) FROM"
+            " (SELECT DISTINCT hashtext($1 || ':' || k) AS h FROM unnest($2::text[]) AS k ORDER BY h) AS s",
+            schema,
+            wanted,
+        )
 
 
 Handler = Callable[[HandlerContext, Any], Awaitable[None]]

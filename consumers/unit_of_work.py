@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from consumers import inbox
 from consumers.errors import classify
-from consumers.handlers import HandlerContext, Handlers
+from consumers.handlers import HandlerContext, Handlers, lock_keys
 from consumers.lanes import Failure, Lanes, Origin, origin_of
 from consumers.tracing import Delivery, process_span, process_spans
 from producers import failpoints, outbox
@@ -162,13 +162,7 @@ class UnitOfWork:
         """Take the batch's per-key locks (the same ones `HandlerContext.lock` takes) up front,
         in one global order: two batches touching the same orders can then never deadlock,
         whichever topics their messages came from."""
-        keys = sorted(_subjects(todo))
-        await conn.execute(
-            "SELECT count(pg_advisory_xact_lock(h)) FROM"
-            " (SELECT DISTINCT hashtext($1 || ':' || k) AS h FROM unnest($2::text[]) AS k ORDER BY h) AS s",
-            self.schema,
-            keys,
-        )
+        await lock_keys(conn, self.schema, _subjects(todo))
 
     async def _apply_fast(self, conn: DbConnection, todo: list[Outcome]) -> bool:
         """The whole batch in one go; False (everything rolled back) if any message failed."""

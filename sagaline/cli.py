@@ -10,7 +10,20 @@ import typer
 
 from producers import failpoints
 from producers.errors import Unreachable
-from sagaline.commands import demo, dev, dlq, outbox, publish, relay, saga, schemas, smoke, topics, worker
+from sagaline.commands import (
+    bench,
+    demo,
+    dev,
+    dlq,
+    outbox,
+    publish,
+    relay,
+    saga,
+    schemas,
+    smoke,
+    topics,
+    worker,
+)
 from sagaline.console import err, safe
 from sagaline.settings import Settings
 
@@ -30,6 +43,7 @@ app.command("relay")(relay.relay)
 app.command("worker")(worker.worker)
 app.command("up")(worker.up)
 app.command("demo")(demo.demo)
+app.command("bench")(bench.bench)
 app.add_typer(saga.app, name="saga")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")

@@ -1,5 +1,5 @@
-"""The whole platform as child processes: one `sagaline worker NAME` per service and the
-DLQ indexer, each with its own metrics port, supervised until stopped.
+"""The whole platform as child processes: one `sagaline worker NAME` per service (or several:
+`replicas`) and the DLQ indexer, each with its own metrics port, supervised until stopped.
 
 A child that exits is restarted after a backoff (0.5 s, doubling up to 15 s) and the
 platform says so; one that exits more than `MAX_RESTARTS` times within `RESTART_WINDOW_S`
@@ -28,7 +28,8 @@ RESTART_BACKOFF_MAX_S = 15.0
 
 @dataclass
 class Child:
-    name: str
+    name: str  # the service, or `service-N` for its Nth replica
+    service: str
     port: int
     process: subprocess.Popen[bytes]
     log: Path
@@ -41,20 +42,35 @@ class Child:
 
 class Platform:
     def __init__(
-        self, ends: Endpoints, log_dir: Path, base_port: int, services: tuple[str, ...] = (*SERVICES, "dlq")
+        self,
+        ends: Endpoints,
+        log_dir: Path,
+        base_port: int,
+        services: tuple[str, ...] = (*SERVICES, "dlq"),
+        replicas: int = 1,
     ) -> None:
+        """`replicas` processes of each saga service (one consumer group each: Kafka shares
+        the partitions among them); the DLQ indexer always runs once."""
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
         self.ends = ends
         self.log_dir = log_dir
         self.base_port = base_port
         self.services = services
+        self.replicas = replicas
         self.children: list[Child] = []
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for number, name in enumerate(self.services, start=1):
+        names = [
+            (service if n == 1 else f"{service}-{n}", service)
+            for service in self.services
+            for n in range(1, (1 if service == "dlq" else self.replicas) + 1)
+        ]
+        for number, (name, service) in enumerate(names, start=1):
             port = self.base_port + number
             log = self.log_dir / f"{name}.log"
-            self.children.append(Child(name, port, self._spawn(name, port, log), log))
+            self.children.append(Child(name, service, port, self._spawn(service, port, log), log))
 
     def _spawn(self, name: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         env = {
@@ -92,7 +108,7 @@ class Platform:
                 child.restart_at = now + delay
                 events.append(f"worker {child.name} exited with {code}; restarting it in {delay:.1f}s")
             elif now >= child.restart_at:
-                child.process = self._spawn(child.name, child.port, child.log)
+                child.process = self._spawn(child.service, child.port, child.log)
                 child.restart_at = None
                 events.append(f"worker {child.name} restarted (pid {child.process.pid})")
         return events

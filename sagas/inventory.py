@@ -150,7 +150,7 @@ async def apply(contexts: list[HandlerContext]) -> None:
     reservations = await _load_reservations(conn, schema, sorted({msg.order_id for msg in messages}))
     skus = {line.sku for msg in messages if isinstance(msg, m.PaymentCompleted) for line in msg.lines}
     skus |= {line.sku for r in reservations.values() if r.status == "reserved" for line in r.lines}
-    stock = await _lock_stock(conn, schema, sorted(skus))
+    stock = await _lock_stock(conn, schema, sorted(skus)) if skus else {}
     decisions = decide(reservations, stock, messages)
     await _save(conn, schema, decisions)
     for ctx, events in zip(contexts, decisions.events, strict=True):

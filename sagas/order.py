@@ -1,7 +1,8 @@
 """The order service: accepts upstream requests, tracks each order's saga, enforces deadlines.
 
-Loads the order row (locked), asks the pure state machine in `order_state`, stores the new
-state and stages the events — all in the unit of work's transaction.
+Per batch, in the unit of work's transaction: load the batch's orders (row-locked) in one
+query, ask the pure state machine in `order_state` for each message in turn (`decide_batch`),
+save the changed orders in one statement; the unit of work stages the events.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +22,7 @@ from consumers.spec import WorkerSpec
 from producers import outbox
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
-from sagas.order_state import Decision, Order, Timeouts, decide, expire, place
+from sagas.order_state import Order, Timeouts, decide, expire, place
 from schemas import messages as m
 from schemas.envelope import Envelope
 from schemas.values import LineItem
@@ -57,34 +59,121 @@ async def load(conn: DbConnection, schema: str, order_id: str, *, lock: bool = T
 
 
 async def save(conn: DbConnection, schema: str, order: Order) -> None:
+    await save_many(conn, schema, [order])
+
+
+async def save_many(conn: DbConnection, schema: str, orders: list[Order]) -> None:
+    """Insert or update orders (one row each) in one statement; `terminal_at` is set when an
+    order first reaches a terminal status."""
     await conn.execute(
-        f"INSERT INTO {qualified(schema, 'orders')} AS orders ({_COLUMNS}, total_minor) VALUES"
-        " ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12)"
+        f"INSERT INTO {qualified(schema, 'orders')} AS orders ({_COLUMNS}, total_minor)"
+        " SELECT o.order_id, o.idempotency_key, o.request_hash, o.customer_id, o.currency, o.items::jsonb,"
+        " o.status, o.payment, o.stock, o.cancel_reason, o.deadline_at, o.total_minor"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        " $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bigint[])"
+        " AS o(order_id, idempotency_key, request_hash, customer_id, currency, items, status, payment,"
+        " stock, cancel_reason, deadline_at, total_minor)"
         " ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, payment = EXCLUDED.payment,"
         " stock = EXCLUDED.stock, cancel_reason = EXCLUDED.cancel_reason, deadline_at = EXCLUDED.deadline_at,"
         " updated_at = clock_timestamp(),"
         " terminal_at = CASE WHEN EXCLUDED.status NOT IN ('CONFIRMED', 'CANCELLED') THEN NULL"
         " WHEN EXCLUDED.status = orders.status THEN orders.terminal_at ELSE clock_timestamp() END",
-        order.order_id,
-        order.idempotency_key,
-        order.request_hash,
-        order.customer_id,
-        order.currency,
-        json.dumps([i.model_dump() for i in order.items]),
-        order.status,
-        order.payment,
-        order.stock,
-        order.cancel_reason,
-        order.deadline_at,
-        order.total.amount_minor,
+        [o.order_id for o in orders],
+        [o.idempotency_key for o in orders],
+        [o.request_hash for o in orders],
+        [o.customer_id for o in orders],
+        [o.currency for o in orders],
+        [json.dumps([i.model_dump() for i in o.items]) for o in orders],
+        [o.status for o in orders],
+        [o.payment for o in orders],
+        [o.stock for o in orders],
+        [o.cancel_reason for o in orders],
+        [o.deadline_at for o in orders],
+        [o.total.amount_minor for o in orders],
     )
 
 
-async def _apply(ctx: HandlerContext, decision: Decision) -> None:
-    if decision.state is not None:
-        await save(ctx.conn, ctx.schema, decision.state)
-    for event in decision.events:
-        await ctx.emit(event)
+@dataclass
+class Orders:
+    """The orders a batch can see (by id and by idempotency key) and the cancellations that
+    arrived before their orders; `decide_batch` updates them as it goes."""
+
+    by_id: dict[str, Order] = field(default_factory=dict)
+    by_key: dict[str, Order] = field(default_factory=dict)
+    early: dict[str, str] = field(default_factory=dict)  # order id -> reason
+
+    def put(self, order: Order) -> None:
+        self.by_id[order.order_id] = self.by_key[order.idempotency_key] = order
+
+
+@dataclass
+class BatchDecision:
+    changed: dict[str, Order] = field(default_factory=dict)
+    early: dict[str, str] = field(default_factory=dict)  # cancellations to remember
+    events: list[list[m.Message]] = field(default_factory=list)  # per message, in order
+
+
+def decide_batch(
+    orders: Orders, messages: list[m.Message], now: datetime, timeouts: Timeouts
+) -> BatchDecision:
+    """The order state machine over a batch, in record order: each message sees what the
+    ones before it decided. Pure; raises `PermanentError` for an event about an order that
+    does not exist (the unit of work then dead-letters that message alone)."""
+    out = BatchDecision()
+    for message in messages:
+        if isinstance(message, m.PlaceOrder):
+            decision = place(
+                message,
+                orders.by_key.get(message.idempotency_key),
+                orders.by_id.get(message.order_id),
+                now,
+                timeouts,
+                cancelled_early=message.order_id in orders.early,
+            )
+        else:
+            order = orders.by_id.get(message.order_id)
+            if order is None and isinstance(message, m.CancelOrder):
+                # it overtook its PlaceOrder: remembered for when that arrives
+                if message.order_id not in orders.early:
+                    orders.early[message.order_id] = out.early[message.order_id] = message.reason
+                out.events.append([])
+                continue
+            if order is None:
+                # Every event about an order follows its OrderPlaced, which we emitted after storing it.
+                raise PermanentError(f"{type(message).__name__} for unknown order {message.order_id!r}")
+            decision = decide(order, message, now, timeouts)
+        if decision.state is not None:
+            orders.put(decision.state)
+            out.changed[decision.state.order_id] = decision.state
+        out.events.append(list(decision.events))
+    return out
+
+
+async def _load(conn: DbConnection, schema: str, messages: list[m.Message]) -> Orders:
+    """The batch's orders, by id and by the requests' idempotency keys, row-locked in order-id
+    order (the deadline scan locks rows too); and the early cancellations of new orders."""
+    ids = sorted({msg.order_id for msg in messages})
+    keys = sorted({msg.idempotency_key for msg in messages if isinstance(msg, m.PlaceOrder)})
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM {qualified(schema, 'orders')}"
+        " WHERE order_id = ANY($1::text[]) OR idempotency_key = ANY($2::text[]) ORDER BY order_id FOR UPDATE",
+        ids,
+        keys,
+    )
+    orders = Orders()
+    for row in rows:
+        orders.put(_from_row(row))
+    placing = [
+        msg.order_id for msg in messages if isinstance(msg, m.PlaceOrder) and msg.order_id not in orders.by_id
+    ]
+    if placing:
+        early = await conn.fetch(
+            f"SELECT order_id, reason FROM {qualified(schema, 'early_cancellations')}"
+            " WHERE order_id = ANY($1::text[])",
+            placing,
+        )
+        orders.early = {row["order_id"]: row["reason"] for row in early}
+    return orders
 
 
 def build_handlers(config: SagaConfig) -> Any:
@@ -92,63 +181,44 @@ def build_handlers(config: SagaConfig) -> Any:
         timedelta(seconds=config.payment_timeout_s), timedelta(seconds=config.stock_timeout_s)
     )
 
+    async def apply(contexts: list[HandlerContext]) -> None:
+        """Load, decide, save: a batch of requests and events in a constant number of
+        statements. Requests that share an idempotency key are serialised by a lock on the key
+        (the unit of work already holds each order id's)."""
+        conn, schema = contexts[0].conn, contexts[0].schema
+        messages = [ctx.envelope.data for ctx in contexts]
+        await contexts[0].lock(
+            *(f"key:{msg.idempotency_key}" for msg in messages if isinstance(msg, m.PlaceOrder))
+        )
+        decided = decide_batch(await _load(conn, schema, messages), messages, datetime.now(UTC), timeouts)
+        if decided.changed:
+            await save_many(conn, schema, list(decided.changed.values()))
+        if decided.early:
+            await conn.execute(
+                f"INSERT INTO {qualified(schema, 'early_cancellations')} (order_id, reason)"
+                " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (order_id) DO NOTHING",
+                list(decided.early),
+                list(decided.early.values()),
+            )
+        for ctx, events in zip(contexts, decided.events, strict=True):
+            for event in events:
+                await ctx.emit(event)
+
     def build(pool: asyncpg.Pool[Any]) -> Handlers:
         handlers = Handlers()
-
-        @handlers.on(m.PlaceOrder)
-        async def on_place(ctx: HandlerContext, command: m.PlaceOrder) -> None:
-            table = qualified(ctx.schema, "orders")
-            # Serialise requests that share a key or an id (one transaction wins, the other sees it).
-            await ctx.lock(f"key:{command.idempotency_key}")
-            await ctx.lock(command.order_id)
-            key_row = await ctx.conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM {table} WHERE idempotency_key = $1", command.idempotency_key
-            )
-            by_id = await load(ctx.conn, ctx.schema, command.order_id)
-            early = await ctx.conn.fetchval(
-                f"SELECT true FROM {qualified(ctx.schema, 'early_cancellations')} WHERE order_id = $1",
-                command.order_id,
-            )
-            decision = place(
-                command,
-                _from_row(key_row) if key_row else None,
-                by_id,
-                datetime.now(UTC),
-                timeouts,
-                cancelled_early=bool(early),
-            )
-            await _apply(ctx, decision)
-
-        @handlers.on(m.CancelOrder)
-        async def on_cancel(ctx: HandlerContext, command: m.CancelOrder) -> None:
-            await ctx.lock(command.order_id)  # the same lock PlaceOrder takes: one sees the other
-            order = await load(ctx.conn, ctx.schema, command.order_id)
-            if order is None:  # it overtook its PlaceOrder: remembered for when that arrives
-                await ctx.conn.execute(
-                    f"INSERT INTO {qualified(ctx.schema, 'early_cancellations')} (order_id, reason)"
-                    " VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING",
-                    command.order_id,
-                    command.reason,
-                )
-                return
-            await _apply(ctx, decide(order, command, datetime.now(UTC), timeouts))
-
-        async def on_event(ctx: HandlerContext, message: m.Message) -> None:
-            order = await load(ctx.conn, ctx.schema, message.order_id)
-            if order is None:
-                # Every event about an order follows its OrderPlaced, which we emitted after storing it.
-                raise PermanentError(f"{type(message).__name__} for unknown order {message.order_id!r}")
-            await _apply(ctx, decide(order, message, datetime.now(UTC), timeouts))
-
-        for message_type in (
-            m.PaymentCompleted,
-            m.PaymentFailed,
-            m.PaymentRefunded,
-            m.StockReserved,
-            m.StockRejected,
-            m.StockReleased,
-        ):
-            handlers.register(message_type, on_event)
+        handlers.register_batch(
+            (
+                m.PlaceOrder,
+                m.CancelOrder,
+                m.PaymentCompleted,
+                m.PaymentFailed,
+                m.PaymentRefunded,
+                m.StockReserved,
+                m.StockRejected,
+                m.StockReleased,
+            ),
+            apply,
+        )
         return handlers
 
     return build

@@ -183,7 +183,7 @@ async def apply(contexts: list[HandlerContext]) -> None:
     payments = await _load_payments(conn, schema, sorted({msg.order_id for msg in messages}))
     customers = {msg.customer_id for msg in messages if isinstance(msg, m.OrderPlaced)}
     customers |= {p.customer_id for p in payments.values() if p.status == "charged"}
-    accounts = await _lock_accounts(conn, schema, sorted(customers))
+    accounts = await _lock_accounts(conn, schema, sorted(customers)) if customers else {}
     decisions = decide(payments, accounts, messages)
     await _save(conn, schema, decisions)
     for ctx, events in zip(contexts, decisions.events, strict=True):

@@ -52,22 +52,29 @@ def worker(
 
 def up(
     metrics_base_port: int = typer.Option(
-        9400, "--metrics-base-port", help="Service N serves its metrics on this port + N."
+        9400, "--metrics-base-port", help="Process N serves its metrics on this port + N."
+    ),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        min=1,
+        max=16,
+        help="Processes per saga service, sharing its consumer group (and its partitions).",
     ),
 ) -> None:
     """Run the whole platform: the local stack when nothing is configured, topics, and every
     service as its own process. Ctrl-C or SIGTERM stops everything cleanly."""
     settings = Settings()
     configure_logging(settings.log_level)
-    asyncio.run(_up(settings, metrics_base_port))
+    asyncio.run(_up(settings, metrics_base_port, replicas))
 
 
-async def _up(settings: Settings, base_port: int) -> None:
+async def _up(settings: Settings, base_port: int, replicas: int) -> None:
     stop = stop_event_on_signals()
     with out.status("starting Kafka and PostgreSQL if needed, creating topics..."):
         ends = await endpoints(settings, start_local=True)
         await ensure_topics(ends.kafka, saga_config(settings).topics.specs())
-    platform = Platform(ends, settings.state_dir / "logs", base_port)
+    platform = Platform(ends, settings.state_dir / "logs", base_port, replicas=replicas)
     platform.start()
     try:
         with out.status("waiting for every service to be ready..."):

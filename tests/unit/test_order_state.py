@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from consumers.errors import PermanentError
+from sagas.order import Orders, decide_batch
 from sagas.order_state import Order, Timeouts, cancel, decide, expire, place
 from schemas import messages as m
 from schemas.values import LineItem, Money, StockLine
@@ -187,3 +191,30 @@ def test_an_order_whose_cancellation_overtook_it_opens_cancelled_and_reaches_no_
     assert [type(e).__name__ for e in decision.events] == ["OrderCancelled"]  # no OrderPlaced
     original = placed_order()  # a retry of a request already placed stays what it was
     assert place(request(), original, original, NOW, TIMEOUTS, cancelled_early=True).events == ()
+
+
+def test_a_batch_decides_each_message_on_what_the_ones_before_it_decided() -> None:
+    """decide_batch (the order service's batch handler, without its I/O): a cancellation that
+    overtook its order, a repeat under another id and a payment, all in one batch."""
+    repeat = request(order_id="o-2")  # same key and body as o-1's request
+    lines = [StockLine(sku="mug", quantity=2)]
+    paid = m.PaymentCompleted(
+        order_id="o-1", payment_id="o-1:charge", customer_id="c-1", amount=EUR25, lines=lines
+    )
+    early = m.CancelOrder(order_id="o-3", idempotency_key="key-00003")
+    late = request(order_id="o-3", key="key-00003")
+    orders = Orders()
+    decided = decide_batch(orders, [request(), repeat, paid, early, late], NOW, TIMEOUTS)
+    assert [[type(e).__name__ for e in events] for events in decided.events] == [
+        ["OrderPlaced"],
+        ["OrderRejected"],
+        [],
+        [],
+        ["OrderCancelled"],
+    ]
+    assert {k: o.status for k, o in decided.changed.items()} == {"o-1": "AWAITING_STOCK", "o-3": "CANCELLED"}
+    assert decided.early == {"o-3": "customer request"}
+
+    unknown = m.StockReserved(order_id="o-404", lines=[StockLine(sku="mug", quantity=1)])
+    with pytest.raises(PermanentError, match="unknown order 'o-404'"):
+        decide_batch(orders, [unknown], NOW, TIMEOUTS)

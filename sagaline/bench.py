@@ -1,0 +1,251 @@
+"""`sagaline bench`: the whole platform under load, with the ceilings it is judged against
+measured in the same run on the same machine.
+
+Phases, each on its own fresh topics and schemas (a run token in every prefix):
+
+1. **Ceilings**: Kafka's own ProducerPerformance/ConsumerPerformance and a PostgreSQL
+   commit-rate probe (benchmarks.saga).
+2. **Sustained**: a 1,000-order burst calibrates, then enough orders for `seconds` at that
+   rate are published at once; sagas/s is completions over the time to drain them. Beside it,
+   where the cost goes: CPU-seconds per saga of every process (from /proc: services, broker,
+   PostgreSQL backends), SQL statements and transactions per saga (pg_stat_statements,
+   pg_stat_database), Kafka records per saga (end offsets of the run's topics).
+3. **Latency**, open loop (each order published at its scheduled time, whatever the system
+   is doing): p50/p95/p99 at 25/50/75% of the sustained rate and at 10 orders/s.
+4. **Scaling**: the sustained phase again with 2 processes per service, and with 12
+   partitions.
+
+Every run checks the saga invariants (sagas.invariants) for its orders.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as host
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from producers.admin import ensure_topics
+from producers.connection import KafkaConnection
+from sagaline.bootstrap import Endpoints, create_pool, endpoints, local_stack, saga_config
+from sagaline.ceilings import kafka_perf, postgres_commit_rate
+from sagaline.costs import CpuSample, pg_counters, postmaster_pid
+from sagaline.demo import DemoOptions, DemoResult, run_demo
+from sagaline.localstack.kafka import KAFKA_VERSION
+from sagaline.localstack.process import read_pid
+from sagaline.platform import Platform
+from sagaline.settings import Settings
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    seconds: float = 60.0  # the sustained phase's target length
+    latency_seconds: float = 20.0  # each open-loop latency point
+    loads: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the sustained rate
+    idle_rate: float = 10.0
+    scaling: bool = True
+    ceilings: bool = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    replicas: int
+    partitions: int
+
+    @property
+    def label(self) -> str:
+        processes = f"{self.replicas} process{'es' if self.replicas > 1 else ''}"
+        return f"{processes}/service, {self.partitions} partitions"
+
+
+async def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, Any]:
+    ends = await endpoints(settings, start_local=True)
+    report: dict[str, Any] = {"environment": _environment(settings)}
+    if options.ceilings:
+        say("ceilings: Kafka producer/consumer perf tools, PostgreSQL commit probe")
+        report["ceilings"] = await _ceilings(settings, ends)
+    base = Layout(1, settings.topic_partitions)
+    layouts = [base]
+    if options.scaling:
+        layouts += [Layout(2, base.partitions), Layout(1, base.partitions * 2)]
+    report["sustained"] = []
+    for layout in layouts:
+        with_latency = layout == base
+        phase = await _phase(settings, ends, layout, options, say, latency=with_latency)
+        report["sustained"].append(phase["sustained"])
+        if with_latency:
+            report["latency"] = phase["latency"]
+    first = report["sustained"][0]["sagas_per_s"]
+    for row in report["sustained"]:
+        row["ratio_to_first"] = round(row["sagas_per_s"] / first, 2) if first else None
+    report["ok"] = all(r["invariants_ok"] for r in [*report["sustained"], *report.get("latency", [])])
+    return report
+
+
+def _environment(settings: Settings) -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    memory_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "python": host.python_version(),
+        "aiokafka": aiokafka.__version__,
+        "asyncpg": asyncpg.__version__,
+        "kafka": KAFKA_VERSION,
+        "settings": "fsync on, synchronous_commit on, acks=all, idempotent producer",
+    }
+
+
+async def _ceilings(settings: Settings, ends: Endpoints) -> dict[str, float]:
+    bootstrap = settings.kafka_bootstrap or local_stack(settings).kafka_bootstrap()
+    ceilings = await kafka_perf(settings, ends.kafka, bootstrap)
+    ceilings["postgres_commits_per_s"] = round(await postgres_commit_rate(ends.postgres_dsn))
+    return ceilings
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Settings for this phase, seen by `Settings()` and by the service processes it starts."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+async def _phase(
+    base_settings: Settings,
+    ends: Endpoints,
+    layout: Layout,
+    options: BenchOptions,
+    say: Say,
+    *,
+    latency: bool,
+) -> dict[str, Any]:
+    token = f"b{uuid.uuid4().hex[:6]}"
+    overrides = {
+        "SAGALINE_SAGA_PREFIX": f"{token}_",
+        "SAGALINE_TOPIC_PREFIX": f"{token}.",
+        "SAGALINE_TOPIC_PARTITIONS": str(layout.partitions),
+        "SAGALINE_KAFKA_BOOTSTRAP": ends.kafka.bootstrap_servers,
+        "SAGALINE_POSTGRES_DSN": ends.postgres_dsn,
+    }
+    with _environ(overrides):
+        settings = Settings()
+        config = saga_config(settings)
+        await ensure_topics(ends.kafka, config.topics.specs())
+        platform = Platform(
+            ends, settings.state_dir / "logs" / token, settings.metrics_port, replicas=layout.replicas
+        )
+        platform.start()
+        pool = await create_pool(settings, ends.postgres_dsn)
+        try:
+            say(f"{layout.label}: starting {len(platform.children)} processes")
+            await platform.wait_ready()
+            calibration = await run_demo(ends.kafka, pool, config, DemoOptions(orders=1000, seed=1))
+            orders = max(1000, int(calibration.sagas_per_s * options.seconds))
+            say(
+                f"{layout.label}: calibrated at {calibration.sagas_per_s:.0f} sagas/s;"
+                f" {orders} orders at once"
+            )
+            sustained = await _measured(ends, pool, config, platform, orders, token, settings)
+            sustained.update({"replicas": layout.replicas, "partitions": layout.partitions})
+            say(
+                f"{layout.label}: {sustained['sagas_per_s']} sagas/s over {sustained['seconds']} s,"
+                f" {sustained['cpu_ms_per_saga_total']} ms CPU/saga"
+            )
+            points: list[dict[str, Any]] = []
+            if latency:
+                rate = sustained["sagas_per_s"]
+                offered = [(f"{round(load * 100)}% of sustained", load * rate) for load in options.loads]
+                for label, per_s in [*offered, (f"{options.idle_rate:g}/s", options.idle_rate)]:
+                    count = max(20, int(per_s * options.latency_seconds))
+                    say(f"latency at {label}: {count} orders at {per_s:.0f}/s, open loop")
+                    result = await run_demo(
+                        ends.kafka, pool, config, DemoOptions(orders=count, rate=per_s, seed=3, timeout_s=600)
+                    )
+                    points.append(_latency_row(label, per_s, result))
+        finally:
+            await pool.close()
+            platform.stop()
+    return {"sustained": sustained, "latency": points}
+
+
+async def _measured(
+    ends: Endpoints,
+    pool: asyncpg.Pool[Any],
+    config: Any,
+    platform: Platform,
+    orders: int,
+    token: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    stack = local_stack(settings)
+    groups: dict[str, list[int]] = {}
+    for child in platform.children:
+        groups.setdefault(child.service, []).append(child.process.pid)
+    groups["kafka"] = [pid for pid in (read_pid(node.pid_file) for node in stack.kafka_nodes()) if pid]
+    postmaster = postmaster_pid(stack.postgres.data_dir)
+    async with pool.acquire() as conn:
+        before = await pg_counters(conn)
+    records_before = await _records(ends.kafka, token)
+    cpu_before = CpuSample.take(groups, postmaster)
+    started = time.monotonic()
+    result = await run_demo(ends.kafka, pool, config, DemoOptions(orders=orders, seed=7, timeout_s=900))
+    seconds = time.monotonic() - started
+    cpu = CpuSample.take(groups, postmaster).minus(cpu_before)
+    records = await _records(ends.kafka, token) - records_before
+    async with pool.acquire() as conn:
+        counters = {k: v - before.get(k, 0) for k, v in (await pg_counters(conn)).items()}
+    done = max(result.orders - result.open_sagas, 1)
+    return {
+        "orders": result.orders,
+        "seconds": round(seconds, 1),
+        "sagas_per_s": round(result.sagas_per_s, 1),
+        "cpu_ms_per_saga": {name: round(1000 * s / done, 2) for name, s in sorted(cpu.items())},
+        "cpu_ms_per_saga_total": round(1000 * sum(cpu.values()) / done, 2),
+        **{f"{name}_per_saga": round(value / done, 1) for name, value in counters.items()},
+        "kafka_records_per_saga": round(records / done, 1),
+        "invariants_ok": result.ok,
+    }
+
+
+def _latency_row(label: str, rate: float, result: DemoResult) -> dict[str, Any]:
+    return {
+        "offered": label,
+        "orders_per_s": round(rate, 1),
+        "orders": result.orders,
+        **{p: result.latency_ms.get(p) for p in ("p50", "p95", "p99")},
+        "invariants_ok": result.ok,
+    }
+
+
+async def _records(kafka: KafkaConnection, token: str) -> int:
+    """Records on every topic of this run (its saga topics, retry lanes, dead-letter topics)."""
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
+    await consumer.start()
+    try:
+        topics = [t for t in await consumer.topics() if token in t]
+        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()

@@ -1,0 +1,151 @@
+"""`sagaline bench` — the platform under load, next to ceilings measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from sagaline.bench import BenchOptions, run_bench
+from sagaline.console import emit_json, err, out, safe
+from sagaline.runtime import configure_logging
+from sagaline.settings import Settings
+
+
+def bench(
+    seconds: float = typer.Option(
+        60.0, "--seconds", min=5, max=3600, help="Target length of each sustained-throughput run."
+    ),
+    latency_seconds: float = typer.Option(
+        20.0, "--latency-seconds", min=2, max=3600, help="Length of each open-loop latency run."
+    ),
+    scaling: bool = typer.Option(
+        True, "--scaling/--no-scaling", help="Also run 2 processes per service, and twice the partitions."
+    ),
+    ceilings: bool = typer.Option(
+        True, "--ceilings/--no-ceilings", help="Measure Kafka's and PostgreSQL's ceilings first."
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="Also append the tables (Markdown) to this file, e.g. docs/benchmarks.md."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Measure the whole platform on this machine: sustained sagas/s and where its CPU goes
+    (per process), SQL statements, transactions and Kafka records per saga, open-loop latency
+    at 25/50/75% of the sustained rate and at 10 orders/s, scaling to 2 processes and to
+    twice the partitions. Starts the local stack when nothing is configured; runs on fresh
+    topics and schemas. Exit 1 if any run breaks an invariant. Takes about 8 minutes."""
+    settings = Settings()
+    configure_logging("WARNING")
+    options = BenchOptions(
+        seconds=seconds, latency_seconds=latency_seconds, scaling=scaling, ceilings=ceilings
+    )
+
+    def say(line: str) -> None:
+        if not json_output:
+            err.print(f"[dim]{safe(line)}[/]", highlight=False)
+
+    result = asyncio.run(run_bench(settings, options, say))
+    if json_output:
+        emit_json(result)
+    else:
+        for table in _tables(result):
+            out.print(table)
+    if report is not None:
+        with report.open("a") as handle:
+            handle.write(markdown(result))
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _tables(result: dict[str, Any]) -> list[Table]:
+    env = result["environment"]
+    tables = []
+    head = Table(title="environment and ceilings")
+    head.add_column("")
+    head.add_column("")
+    for key, value in [*env.items(), *result.get("ceilings", {}).items()]:
+        head.add_row(key, str(value))
+    tables.append(head)
+    sustained = Table(title="sustained (orders published at once, drained)")
+    for column in (
+        "layout",
+        "sagas/s",
+        "ratio",
+        "CPU ms/saga",
+        "statements",
+        "transactions",
+        "records",
+        "ok",
+    ):
+        sustained.add_column(column)
+    for row in result["sustained"]:
+        sustained.add_row(*_sustained_cells(row))
+    tables.append(sustained)
+    latency = Table(title="latency, open loop (request published -> saga terminal)")
+    for column in ("offered", "orders/s", "p50 ms", "p95 ms", "p99 ms", "ok"):
+        latency.add_column(column)
+    for row in result.get("latency", []):
+        latency.add_row(*_latency_cells(row))
+    tables.append(latency)
+    return tables
+
+
+def _sustained_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        f"{row['replicas']} x {row['partitions']} partitions",
+        str(row["sagas_per_s"]),
+        str(row.get("ratio_to_first")),
+        f"{row['cpu_ms_per_saga_total']} ({_by_process(row['cpu_ms_per_saga'])})",
+        str(row.get("statements_per_saga", "n/a")),
+        str(row.get("transactions_per_saga", "n/a")),
+        str(row["kafka_records_per_saga"]),
+        "ok" if row["invariants_ok"] else "FAILED",
+    ]
+
+
+def _by_process(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms}" for name, ms in cpu.items())
+
+
+def _latency_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        row["offered"],
+        str(row["orders_per_s"]),
+        str(row["p50"]),
+        str(row["p95"]),
+        str(row["p99"]),
+        "ok" if row["invariants_ok"] else "FAILED",
+    ]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report as Markdown tables, for docs/benchmarks.md."""
+    env = result["environment"]
+    lines = [
+        "",
+        f"### `sagaline bench` — {env['date']}",
+        "",
+        f"{env['cores']} cores, {env['memory_gib']} GiB, Python {env['python']}, Kafka {env['kafka']},"
+        f" aiokafka {env['aiokafka']}, asyncpg {env['asyncpg']}; {env['settings']}.",
+    ]
+    if "ceilings" in result:
+        lines += ["", "Ceilings: " + ", ".join(f"{k} {v:,}" for k, v in result["ceilings"].items()) + "."]
+    lines += [
+        "",
+        "| layout | sagas/s | ratio | CPU ms/saga (by process) | statements/saga | transactions/saga"
+        " | Kafka records/saga | invariants |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(_sustained_cells(row)) + " |" for row in result["sustained"]]
+    if result.get("latency"):
+        lines += [
+            "",
+            "| offered load | orders/s | p50 ms | p95 ms | p99 ms | invariants |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(_latency_cells(row)) + " |" for row in result["latency"]]
+    return "\n".join(lines) + "\n"
