@@ -35,7 +35,7 @@ import aiokafka
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from producers.admin import ensure_topics
+from producers.admin import ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from sagaline.bootstrap import Endpoints, create_pool, endpoints, local_stack, saga_config
 from sagaline.ceilings import kafka_perf, postgres_commit_rate
@@ -240,12 +240,18 @@ def _latency_row(label: str, rate: float, result: DemoResult) -> dict[str, Any]:
 
 async def _records(kafka: KafkaConnection, token: str) -> int:
     """Records on every topic of this run (its saga topics, retry lanes, dead-letter topics)."""
+    admin = await start_admin(kafka)
+    try:
+        topics = [t for t in await admin.list_topics() if token in t]
+        described = await admin.describe_topics(topics) if topics else []
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
+    if not partitions:
+        return 0
     consumer = AIOKafkaConsumer(**kafka.client_kwargs())
     await consumer.start()
     try:
-        topics = [t for t in await consumer.topics() if token in t]
-        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        ends = await consumer.end_offsets(partitions) if partitions else {}
-        return int(sum(ends.values()))
+        return int(sum((await consumer.end_offsets(partitions)).values()))
     finally:
         await consumer.stop()

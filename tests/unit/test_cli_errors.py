@@ -72,6 +72,8 @@ def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
         (("worker", "payment", "--metrics-port", "-1"), "--metrics-port"),
         (("worker", "payment", "--metrics-port", "99999"), "--metrics-port"),
         (("dlq", "index", "--metrics-port", "70000"), "--metrics-port"),
+        (("up", "--replicas", "0"), "--replicas"),
+        (("bench", "--seconds", "1"), "--seconds"),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(args: tuple[str, ...], reason: str) -> None:
