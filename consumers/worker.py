@@ -31,6 +31,8 @@ from schemas.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
+LAG_INTERVAL_S = 1.0
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -64,6 +66,7 @@ class Worker:
         self._batch_lock = asyncio.Lock()
         self._resume_at: dict[TopicPartition, asyncio.TimerHandle] = {}
         self.running = False
+        self._lag_observed = 0.0
 
     @property
     def ready(self) -> bool:
@@ -241,8 +244,11 @@ class Worker:
             await Publisher.acknowledged(future, topic, eid)
 
     async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
-        if not self.metrics:
+        """Refresh the lag gauges, at most once a second (a position per assigned partition,
+        lanes included, after every batch would cost more than the batch at low load)."""
+        if not self.metrics or time.monotonic() - self._lag_observed < LAG_INTERVAL_S:
             return
+        self._lag_observed = time.monotonic()
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             if highwater is not None:

@@ -45,6 +45,9 @@ class RelayOptions:
     prune_interval_s: float = 300.0
 
 
+GAUGE_INTERVAL_S = 1.0
+
+
 class OutboxRelay:
     """Publishes one service schema's outbox through a `Publisher`."""
 
@@ -70,8 +73,9 @@ class OutboxRelay:
         self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
         self._wake = asyncio.Event()
 
-    async def publish_pending(self) -> int:
-        """One pass over every bucket with pending rows; returns rows published."""
+    async def publish_pending(self, *, observe: bool = True) -> int:
+        """One pass over every bucket with pending rows; returns rows published. `observe`:
+        also refresh the backlog gauges (one more query)."""
         buckets = [
             r["bucket"]
             for r in await self.pool.fetch(
@@ -90,7 +94,8 @@ class OutboxRelay:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        await self._observe_backlog()
+        if observe:
+            await self._observe_backlog()
         return sum(r for r in results if isinstance(r, int))
 
     async def _publish_bucket(self, bucket: int) -> int:
@@ -205,12 +210,16 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; wakes on NOTIFY, polls as a fallback, prunes periodically."""
         listener = await self.pool.acquire()
-        last_prune = 0.0
+        last_prune = last_observed = 0.0
         try:  # from here on the listener goes back to the pool whatever happens
             await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             while not stop.is_set():
                 self._wake.clear()
-                published = await self.publish_pending()
+                # the backlog gauges at most once a second: under load a pass runs per commit
+                observe = time.monotonic() - last_observed >= GAUGE_INTERVAL_S
+                published = await self.publish_pending(observe=observe)
+                if observe:
+                    last_observed = time.monotonic()
                 if time.monotonic() - last_prune > self.options.prune_interval_s:
                     await self.prune()
                     last_prune = time.monotonic()
