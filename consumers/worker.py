@@ -1,10 +1,10 @@
 """The worker: one consumer group's loop over its topics and its retry lanes.
 
-Fetch a batch, apply each partition's records concurrently (in order within a partition),
-route failures to the retry or dead-letter lane, then commit the offsets — only after the
-database transaction committed and the lane records were acknowledged. Retry lanes hold a
-partition (pause + seek) until its head record is due, without blocking other partitions
-and without polling in a hot loop. On revoke, the batch in hand finishes and is committed
+Fetch a batch, apply all of it — every partition's records, in order within a partition —
+as one unit of work, route failures to the retry or dead-letter lane, then commit the
+offsets — only after the database transaction committed and the lane records were
+acknowledged. Retry lanes hold a partition (pause + seek) until its head record is due,
+without blocking other partitions and without polling in a hot loop. On revoke, the batch in hand finishes and is committed
 before the partitions go. On stop, the same: finish, commit, close.
 """
 
@@ -111,40 +111,35 @@ class Worker:
             self._consumer = None
 
     async def _handle_batch(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Apply everything one poll returned — every partition's due records, in order within
+        each partition — as one unit of work (one transaction when nothing fails), route its
+        failures, then commit every partition's offsets. A failure that escapes (the retry or
+        dead-letter lane cannot be written) seeks the partitions back: they are fetched again."""
+        failed = False
         async with self._batch_lock:
-            parts = list(batch.items())
-            results = await asyncio.gather(
-                *(self._process_partition(consumer, tp, records) for tp, records in parts),
-                return_exceptions=True,
-            )
-            offsets: dict[TopicPartition, int] = {}
-            failed = False
-            for (tp, records), result in zip(parts, results, strict=True):
-                if isinstance(result, BaseException):
-                    failed = True
-                    log.error(
-                        "%s: %s[%d] batch failed, will be fetched again: %s",
-                        self.group,
-                        tp.topic,
-                        tp.partition,
-                        self.redact.describe(result, self.options.log_limit),
-                    )
+            due = {tp: self._due_prefix(consumer, tp, records) for tp, records in batch.items()}
+            due = {tp: records for tp, records in due.items() if records}
+            if not due:
+                return
+            try:
+                await self._process([r for records in due.values() for r in records])
+            except Exception as exc:
+                failed = True
+                log.error(
+                    "%s: batch of %d partitions failed, will be fetched again: %s",
+                    self.group,
+                    len(due),
+                    self.redact.describe(exc, self.options.log_limit),
+                )
+                for tp, records in due.items():
                     consumer.seek(tp, records[0].offset)
-                elif result is not None:
-                    offsets[tp] = result
-            if offsets:
+            else:
                 failpoints.hit("worker.after-commit")  # the database committed, Kafka not yet
-                await consumer.commit(offsets)
+                await consumer.commit({tp: int(records[-1].offset) + 1 for tp, records in due.items()})
         if failed:
             await asyncio.sleep(self.options.failure_backoff_s)  # an outage: do not spin
 
-    async def _process_partition(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
-    ) -> int | None:
-        """Apply the partition's records; returns the next offset to commit (None: nothing)."""
-        records = self._due_prefix(consumer, tp, records)
-        if not records:
-            return None
+    async def _process(self, records: list[Any]) -> None:
         started = time.perf_counter()
         inbound = [
             InboundRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, list(r.headers or ()))
@@ -161,10 +156,9 @@ class Worker:
         if self.metrics:
             self.metrics.batch_duration.labels(self.group).observe(time.perf_counter() - started)
             for outcome in outcomes:
-                self.metrics.processed.labels(self.group, tp.topic, outcome.kind).inc()
+                self.metrics.processed.labels(self.group, outcome.record.topic, outcome.kind).inc()
                 if outcome.kind == "duplicate":
                     self.metrics.duplicates.labels(self.group).inc()
-        return int(records[-1].offset) + 1
 
     def _due_prefix(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> list[Any]:
         """On a retry lane: the records already due. The partition is paused at the first one

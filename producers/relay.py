@@ -1,10 +1,12 @@
 """The outbox relay: publishes staged rows in order per key, marks them after the broker's ack.
 
-One pass visits every bucket with pending rows. For each, in one transaction: take the
-bucket's advisory lock (skip it if another relay holds it), read its pending rows in id
-order, send them all, wait for the acknowledgements, mark the acknowledged prefix
-published, commit. A crash before the mark re-sends those rows later under the same event
-id, which consumers drop as duplicates. Woken by LISTEN/NOTIFY, with a polling fallback.
+A pass is one transaction: take the advisory lock of every bucket with pending rows that no
+other relay holds (so several relays share an outbox, and a key — always in one bucket — is
+only ever sent by one of them at a time), read the lowest pending ids of those buckets,
+send them all, wait for the acknowledgements, mark each bucket's acknowledged prefix
+published, commit. A constant number of statements per pass, however many buckets are
+pending. A crash before the mark re-sends those rows later under the same event id, which
+consumers drop as duplicates. Woken by LISTEN/NOTIFY, with a polling fallback.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ AfterSend = Callable[[list[Ack]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class RelayOptions:
-    batch_size: int = 500
-    concurrency: int = 4
+    batch_size: int = 500  # rows per pass (one transaction)
     poll_interval_s: float = 1.0
     retention_s: float = 7 * 24 * 3600.0
     prune_interval_s: float = 300.0
@@ -74,109 +75,109 @@ class OutboxRelay:
         self._wake = asyncio.Event()
 
     async def publish_pending(self, *, observe: bool = True) -> int:
-        """One pass over every bucket with pending rows; returns rows published. `observe`:
-        also refresh the backlog gauges (one more query)."""
-        buckets = [
-            r["bucket"]
-            for r in await self.pool.fetch(
-                f"SELECT DISTINCT bucket FROM {self.table} WHERE published_at IS NULL AND parked_at IS NULL"
-            )
-        ]
-        limit = asyncio.Semaphore(self.options.concurrency)
-
-        async def one(bucket: int) -> int:
-            async with limit:
-                return await self._publish_bucket(bucket)
-
-        # Every bucket's pass ends (published or failed) before a failure is raised, so no
-        # pass outlives this call and races the next one.
-        results = await asyncio.gather(*(one(b) for b in buckets), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        """One pass over the buckets with pending rows that no other relay holds; returns rows
+        published. `observe`: also refresh the backlog gauges (one more query)."""
+        published = await self._publish_pass()
         if observe:
             await self._observe_backlog()
-        return sum(r for r in results if isinstance(r, int))
+        return published
 
-    async def _publish_bucket(self, bucket: int) -> int:
-        failure: DeliveryError | None = None
+    async def _publish_pass(self) -> int:
+        """One transaction, whatever the number of buckets: lock every pending bucket no other
+        relay holds and read the lowest pending ids among them (for each bucket a prefix of
+        its rows, in id order), send them all, wait for the acknowledgements, mark per bucket
+        the acknowledged prefix. A bucket whose row failed stops there: its later rows go
+        again next pass, so per-key order holds; a row the broker refuses for what it is is
+        parked so that its bucket moves on."""
+        failures: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", self._lock_class, bucket):
-                return 0  # another relay is on it
             rows = await conn.fetch(
-                f"SELECT id, event_id, topic, key, value, headers, created_at FROM {self.table}"
-                " WHERE bucket = $1 AND published_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $2",
-                bucket,
+                f"WITH mine AS MATERIALIZED (SELECT bucket FROM (SELECT DISTINCT bucket FROM {self.table}"
+                "   WHERE published_at IS NULL AND parked_at IS NULL) AS pending"
+                "   WHERE pg_try_advisory_xact_lock($1, bucket))"
+                f" SELECT id, bucket, event_id, topic, key, value, headers, created_at FROM {self.table}"
+                " WHERE bucket IN (SELECT bucket FROM mine) AND published_at IS NULL AND parked_at IS NULL"
+                " ORDER BY id LIMIT $2",
+                self._lock_class,
                 self.options.batch_size,
             )
             if not rows:
                 return 0
-            acks: list[Ack] = []
-            futures: list[asyncio.Future[Any]] = []
             failpoints.hit("relay.before-send")
+            sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
+            unsent: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
             for row in rows:
+                if row["bucket"] in unsent:
+                    continue  # after a refused send in its bucket: next pass
                 if failpoints.enabled("relay.drop") and zlib.crc32(row["event_id"].encode()) % 10 == 0:
-                    futures.append(_dropped(row))  # the defect: marked published, never sent
+                    sent.append((row, _dropped(row)))  # the defect: marked published, never sent
                     continue
                 try:
-                    futures.append(await self.publisher.enqueue(row["topic"], _record(row)))
+                    sent.append((row, await self.publisher.enqueue(row["topic"], _record(row))))
                 except DeliveryError as exc:
-                    failure = exc
-                    break
+                    unsent[row["bucket"]] = (row, exc)
             results = await asyncio.gather(
-                *(
-                    Publisher.acknowledged(f, r["topic"], r["event_id"])
-                    for r, f in zip(rows, futures, strict=False)
-                ),
+                *(Publisher.acknowledged(f, r["topic"], r["event_id"]) for r, f in sent),
                 return_exceptions=True,
             )
-            for result in results:  # the acknowledged prefix is marked; the rest goes again next pass
+            acked: list[asyncpg.Record] = []
+            acks: list[Ack] = []
+            for (row, _), result in zip(sent, results, strict=True):
+                if row["bucket"] in failures:
+                    continue  # after a failure in its bucket: not marked, sent again next pass
                 if isinstance(result, BaseException):
-                    failure = (
+                    failures[row["bucket"]] = (
+                        row,
                         result
                         if isinstance(result, DeliveryError)
-                        else DeliveryError(repr(result), outcome_unknown=True)
+                        else DeliveryError(repr(result), outcome_unknown=True),
                     )
-                    break
+                    continue
+                acked.append(row)
                 acks.append(result)
+            for bucket, refused in unsent.items():  # its sent rows came before it
+                failures.setdefault(bucket, refused)
             if self.after_send is not None:
                 await self.after_send(acks)
             failpoints.hit("relay.after-send")  # acknowledged, not yet marked published
-            if acks:
+            if acked:
                 await conn.execute(
                     f"UPDATE {self.table} SET published_at = clock_timestamp(), attempts = attempts + 1"
                     " WHERE id = ANY($1::bigint[])",
-                    [row["id"] for row in rows[: len(acks)]],
+                    [row["id"] for row in acked],
                 )
-            if failure is not None and failure.record_refused:
-                refused = rows[len(acks)]
-                await conn.execute(
-                    f"UPDATE {self.table} SET parked_at = clock_timestamp(), park_reason = $2,"
-                    " attempts = attempts + 1 WHERE id = $1",
-                    refused["id"],
-                    str(failure)[:1000],
-                )
-                log.error(
-                    "outbox %s: parked row %d (event %s, topic %s), the broker refuses it: %s",
-                    self.schema,
-                    refused["id"],
-                    refused["event_id"],
-                    refused["topic"],
-                    failure,
-                )
-                failure = None  # the rest of the bucket goes on at once
-        self._observe_published(rows[: len(acks)])
-        if failure is not None:
+            for bucket, (row, failure) in sorted(failures.items()):
+                if failure.record_refused:
+                    await self._park(conn, row, failure)
+                    del failures[bucket]  # the rest of the bucket goes on at once
+        self._observe_published(acked)
+        for bucket, (row, failure) in sorted(failures.items()):
             if self.metrics:
                 self.metrics.publish_failures.labels(self.schema).inc()
             log.warning(
-                "outbox %s bucket %d: %s; %d row(s) retried next pass",
+                "outbox %s bucket %d: %s; row %d and the bucket's later rows retried next pass",
                 self.schema,
                 bucket,
                 failure,
-                len(rows) - len(acks),
+                row["id"],
             )
-        return len(acks)
+        return len(acked)
+
+    async def _park(self, conn: Any, row: asyncpg.Record, failure: DeliveryError) -> None:
+        await conn.execute(
+            f"UPDATE {self.table} SET parked_at = clock_timestamp(), park_reason = $2,"
+            " attempts = attempts + 1 WHERE id = $1",
+            row["id"],
+            str(failure)[:1000],
+        )
+        log.error(
+            "outbox %s: parked row %d (event %s, topic %s), the broker refuses it: %s",
+            self.schema,
+            row["id"],
+            row["event_id"],
+            row["topic"],
+            failure,
+        )
 
     def _observe_published(self, rows: list[asyncpg.Record]) -> None:
         if not self.metrics or not rows:

@@ -5,8 +5,8 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
 
 1. **Ceilings**: Kafka's own ProducerPerformance/ConsumerPerformance and a PostgreSQL
    commit-rate probe (benchmarks.saga).
-2. **Sustained**: a 1,000-order burst calibrates, then enough orders for `seconds` at that
-   rate are published at once; sagas/s is completions over the time to drain them. Beside it,
+2. **Sustained**: a 3,000-order burst calibrates, then enough orders for `seconds` at that
+   rate (and a margin) are published at once; sagas/s is completions over the time to drain them. Beside it,
    where the cost goes: CPU-seconds per saga of every process (from /proc: services, broker,
    PostgreSQL backends), SQL statements and transactions per saga (pg_stat_statements,
    pg_stat_database), Kafka records per saga (end offsets of the run's topics).
@@ -160,8 +160,10 @@ async def _phase(
         try:
             say(f"{layout.label}: starting {len(platform.children)} processes")
             await platform.wait_ready()
-            calibration = await run_demo(ends.kafka, pool, config, DemoOptions(orders=1000, seed=1))
-            orders = max(1000, int(calibration.sagas_per_s * options.seconds))
+            # a burst drains faster the larger it is (bigger batches): size the measured one
+            # from a 3,000-order burst, with a margin, so that it lasts at least `seconds`
+            calibration = await run_demo(ends.kafka, pool, config, DemoOptions(orders=3000, seed=1))
+            orders = max(3000, int(calibration.sagas_per_s * options.seconds * 1.3))
             say(
                 f"{layout.label}: calibrated at {calibration.sagas_per_s:.0f} sagas/s;"
                 f" {orders} orders at once"

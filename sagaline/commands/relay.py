@@ -26,7 +26,7 @@ def relay(
         ..., "--schema", help="Service schema whose outbox to publish (repeatable)."
     ),
     batch_size: int = typer.Option(
-        500, "--batch-size", min=1, max=10_000, help="Rows per bucket transaction."
+        500, "--batch-size", min=1, max=10_000, help="Rows per relay pass (one transaction)."
     ),
     poll_interval: float = typer.Option(
         1.0, "--poll-interval", min=0.05, help="Seconds between polls (NOTIFY wakes sooner)."

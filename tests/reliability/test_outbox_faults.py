@@ -96,9 +96,9 @@ async def test_relay_killed_mid_stream_publishes_everything_once_after_restart(
     for envelope in envelopes:
         (repeated if envelope.id in seen else seen).add(envelope.id)
     # Only rows the killed relay had sent but not yet marked can repeat: they were still
-    # pending at the kill, and at most one batch per bucket pass (4 buckets x 50) was in flight.
+    # pending at the kill, and at most one pass (50 rows, --batch-size) was in flight.
     assert repeated <= pending_at_kill
-    assert len(envelopes) - len(unique_ids) <= 4 * 50
+    assert len(envelopes) - len(unique_ids) <= 50
 
 
 async def test_a_crash_after_the_send_before_the_mark_resends_with_the_same_event_id(
