@@ -64,6 +64,7 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m sagaline bench
 
 up: $(STAMP)
 	$(BIN)/sagaline dev up

@@ -4,8 +4,9 @@ Fetch a batch, apply all of it — every partition's records, in order within a 
 as one unit of work, route failures to the retry or dead-letter lane, then commit the
 offsets — only after the database transaction committed and the lane records were
 acknowledged. Retry lanes hold a partition (pause + seek) until its head record is due,
-without blocking other partitions and without polling in a hot loop. On revoke, the batch in hand finishes and is committed
-before the partitions go. On stop, the same: finish, commit, close.
+without blocking other partitions and without polling in a hot loop. On revoke, the batch
+in hand finishes and is committed before the partitions go. On stop, the same: finish,
+commit, close.
 """
 
 from __future__ import annotations
