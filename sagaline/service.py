@@ -64,7 +64,11 @@ async def serve(
                 uow,
                 publisher,
                 lanes,
-                WorkerOptions(topics=spec.subscribe, sensitive_fields=settings.redact_fields),
+                WorkerOptions(
+                    topics=spec.subscribe,
+                    max_records=settings.worker_max_records,
+                    sensitive_fields=settings.redact_fields,
+                ),
                 ConsumerMetrics(registry),
             )
             await worker.ensure_lanes()

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     shutdown_deadline_s: float = Field(default=20.0, gt=0)
+    worker_max_records: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Records one poll returns and one unit of work applies (one transaction when "
+        "nothing fails). Also bounds the work a graceful stop finishes.",
+    )
     log_level: str = "INFO"
     traces_exporter: Literal["none", "otlp", "console"] = Field(
         default="none",

@@ -7,13 +7,16 @@
 3. otherwise sagaline's own local stack (Kafka from its jars, PostgreSQL via initdb/pg_ctl),
    in `.sagaline/test-stack` on its own ports, stopped at the end if this session started it.
 
-Tests isolate themselves with unique topic, group and schema names, never with teardown.
+Tests isolate themselves with unique topic, group and schema names, never with teardown. A
+session that starts a local test stack starts it empty (what an earlier session left there
+is only debris: thousands of partitions would eventually exhaust the broker's open files).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,6 +40,13 @@ def _local_stack(name: str, kafka_port: int, postgres_port: int) -> LocalStack:
         postgres_port=postgres_port,
         kafka_heap="768m",
     )
+
+
+def _wipe(stack: LocalStack) -> None:
+    """Stop what is left of a test stack that is not ready and forget its data: the next `up`
+    formats Kafka and runs initdb afresh."""
+    stack.down()
+    shutil.rmtree(stack.state_dir, ignore_errors=True)
 
 
 class _Backends:
@@ -66,6 +76,8 @@ class _Backends:
         self.mode = "local stack"
         stack = _local_stack("test-stack", kafka_port=29092, postgres_port=25432)
         was_ready = asyncio.run(stack.status()).ready
+        if not was_ready:
+            _wipe(stack)
         result = asyncio.run(stack.up(brokers=1))
         if not was_ready:
             self._stop.append(stack)
@@ -115,6 +127,8 @@ def kafka_cluster3() -> Iterator[KafkaConnection]:
     if not bootstrap:
         stack = _local_stack("test-stack-3", kafka_port=39092, postgres_port=35432)
         was_ready = asyncio.run(stack.status()).components[0].ready
+        if not was_ready:
+            _wipe(stack)
         bootstrap = asyncio.run(stack.up(brokers=3)).kafka_bootstrap
         if was_ready:
             stack = None
