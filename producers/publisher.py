@@ -50,6 +50,11 @@ SAFE_PRODUCER_DEFAULTS: dict[str, Any] = {
     "request_timeout_ms": 30_000,
 }
 
+# For senders that enqueue a whole pass and then wait for it (the relay, the retry and
+# dead-letter lanes): what they enqueue together already leaves as one batch per partition,
+# so lingering would only add its 5 ms to every hop of a saga.
+PASS_SENDER: dict[str, Any] = {"linger_ms": 0}
+
 
 @dataclass(frozen=True)
 class Ack:

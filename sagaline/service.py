@@ -24,7 +24,7 @@ from consumers.unit_of_work import UnitOfWork
 from consumers.worker import Worker, WorkerOptions
 from producers import outbox
 from producers.metrics import RelayMetrics
-from producers.publisher import Publisher
+from producers.publisher import PASS_SENDER, Publisher
 from producers.relay import OutboxRelay
 from sagaline.bootstrap import close_pool, create_pool, endpoints
 from sagaline.ops import OpsServer
@@ -58,7 +58,7 @@ async def serve(
             transaction_per_message=spec.transaction_per_message,
             lanes=lanes,
         )
-        async with Publisher(ends.kafka, source=spec.source) as publisher:
+        async with Publisher(ends.kafka, source=spec.source, **PASS_SENDER) as publisher:
             worker = Worker(
                 ends.kafka,
                 uow,

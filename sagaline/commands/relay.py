@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from producers import outbox
 from producers.db import qualified
 from producers.metrics import RelayMetrics
-from producers.publisher import Publisher
+from producers.publisher import PASS_SENDER, Publisher
 from producers.relay import OutboxRelay, RelayOptions
 from sagaline.bootstrap import close_pool, create_pool, endpoints
 from sagaline.ops import OpsServer
@@ -76,7 +76,7 @@ async def _run(
             for schema in schemas:
                 await outbox.install(conn, schema)
         port = await ops.start()
-        async with Publisher(ends.kafka, source="/sagaline/relay") as publisher:
+        async with Publisher(ends.kafka, source="/sagaline/relay", **PASS_SENDER) as publisher:
             relays = [OutboxRelay(pool, publisher, s, options=options, metrics=metrics) for s in schemas]
             log.info("relay publishing %s; metrics on %s:%d", ", ".join(schemas), settings.metrics_host, port)
             await asyncio.gather(*(r.run(stop) for r in relays))
