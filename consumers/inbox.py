@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from producers import migrate
 from producers.db import DbConnection, qualified
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def ddl(schema: str) -> str:
 
 
 async def install(conn: DbConnection, schema: str) -> None:
-    await conn.execute(ddl(schema))
+    """Create the inbox table (idempotent, safe when replicas start at once)."""
+    await migrate.install(conn, schema, ddl(schema))
 
 
 async def claim(

@@ -134,7 +134,7 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeou
 
 
 async def _drift(admin: AIOKafkaAdminClient, spec: TopicSpec, brokers: int) -> list[str]:
-    [description] = await admin.describe_topics([spec.name])
+    description = await _described(admin, spec.name)
     problems: list[str] = []
     partitions = description["partitions"]
     if len(partitions) < spec.partitions:
@@ -150,6 +150,20 @@ async def _drift(admin: AIOKafkaAdminClient, spec: TopicSpec, brokers: int) -> l
             if actual.get(key) != value:
                 problems.append(f"{key}={actual.get(key)} (want {value})")
     return problems
+
+
+async def _described(admin: AIOKafkaAdminClient, name: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The topic's description once the answering broker knows its partitions. Each request
+    may go to another broker, and one that has not yet learnt of a topic created a moment
+    ago (by us or another tool) describes it without partitions: ask again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [description] = await admin.describe_topics([name])
+        if description["error_code"] == 0 and description["partitions"]:
+            return dict(description)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {name} has no partitions in the metadata after {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 async def topic_configs(

@@ -2,8 +2,9 @@
 
 `<package>/<service>/NNN_name.sql` (e.g. `sagas/migrations/order/001_orders.sql`), with
 `{schema}` standing for the service's schema. Applied versions are recorded in
-`<schema>.schema_migrations`; an advisory lock serialises concurrent migrators (several
-replicas starting at once).
+`<schema>.schema_migrations`; an advisory lock per schema serialises concurrent migrators
+and installers (several replicas starting at once: PostgreSQL's `CREATE ... IF NOT EXISTS`
+is not safe against a concurrent create of the same name).
 """
 
 from __future__ import annotations
@@ -33,14 +34,24 @@ def load(service: str, package: str = "sagas.migrations") -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+async def lock_schema(conn: DbConnection, schema: str) -> None:
+    """Hold the schema's DDL lock until the current transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"migrate:{schema}".encode()) - 2**31)
+
+
+async def install(conn: DbConnection, schema: str, ddl: str) -> None:
+    """Run idempotent DDL (`CREATE ... IF NOT EXISTS`) under the schema's DDL lock."""
+    async with conn.transaction():
+        await lock_schema(conn, schema)
+        await conn.execute(ddl)
+
+
 async def migrate(conn: DbConnection, schema: str, migrations: list[Migration]) -> list[int]:
     """Apply what is missing; returns the versions applied now."""
     table = qualified(schema, "schema_migrations")
     applied_now: list[int] = []
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"migrate:{schema}".encode()) - 2**31
-        )
+        await lock_schema(conn, schema)
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {table} (version integer PRIMARY KEY, name text NOT NULL,"

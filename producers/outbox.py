@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+from producers import migrate
 from producers.db import DbConnection, qualified
 from producers.errors import PublishValidationError
 from producers.publisher import parse_payload
@@ -51,8 +52,8 @@ def ddl(schema: str) -> str:
 
 
 async def install(conn: DbConnection, schema: str) -> None:
-    """Create the outbox table (idempotent). Service migrations call this."""
-    await conn.execute(ddl(schema))
+    """Create the outbox table (idempotent, safe when replicas start at once)."""
+    await migrate.install(conn, schema, ddl(schema))
 
 
 def bucket_of(key: bytes) -> int:

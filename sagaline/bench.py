@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import platform as host
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -168,8 +167,24 @@ async def _phase(
                 f"{layout.label}: calibrated at {calibration.sagas_per_s:.0f} sagas/s;"
                 f" {orders} orders at once"
             )
-            sustained = await _measured(ends, pool, config, platform, orders, token, settings)
-            sustained.update({"replicas": layout.replicas, "partitions": layout.partitions})
+            result, costs = await _costed(
+                ends,
+                pool,
+                config,
+                platform,
+                token,
+                settings,
+                DemoOptions(orders=orders, seed=7, timeout_s=900),
+            )
+            sustained = {
+                "orders": result.orders,
+                "seconds": round(result.seconds, 1),
+                "sagas_per_s": round(result.sagas_per_s, 1),
+                **costs,
+                "invariants_ok": result.ok,
+                "replicas": layout.replicas,
+                "partitions": layout.partitions,
+            }
             say(
                 f"{layout.label}: {sustained['sagas_per_s']} sagas/s over {sustained['seconds']} s,"
                 f" {sustained['cpu_ms_per_saga_total']} ms CPU/saga"
@@ -181,25 +196,33 @@ async def _phase(
                 for label, per_s in [*offered, (f"{options.idle_rate:g}/s", options.idle_rate)]:
                     count = max(20, int(per_s * options.latency_seconds))
                     say(f"latency at {label}: {count} orders at {per_s:.0f}/s, open loop")
-                    result = await run_demo(
-                        ends.kafka, pool, config, DemoOptions(orders=count, rate=per_s, seed=3, timeout_s=600)
+                    result, costs = await _costed(
+                        ends,
+                        pool,
+                        config,
+                        platform,
+                        token,
+                        settings,
+                        DemoOptions(orders=count, rate=per_s, seed=3, timeout_s=600),
                     )
-                    points.append(_latency_row(label, per_s, result))
+                    points.append(_latency_row(label, per_s, result, costs))
         finally:
             await pool.close()
             platform.stop()
     return {"sustained": sustained, "latency": points}
 
 
-async def _measured(
+async def _costed(
     ends: Endpoints,
     pool: asyncpg.Pool[Any],
     config: Any,
     platform: Platform,
-    orders: int,
     token: str,
     settings: Settings,
-) -> dict[str, Any]:
+    demo: DemoOptions,
+) -> tuple[DemoResult, dict[str, Any]]:
+    """Run the demo and measure, from outside, what its sagas cost: CPU per process from
+    /proc, PostgreSQL statements and transactions, Kafka records — each per completed saga."""
     stack = local_stack(settings)
     groups: dict[str, list[int]] = {}
     for child in platform.children:
@@ -210,32 +233,29 @@ async def _measured(
         before = await pg_counters(conn)
     records_before = await _records(ends.kafka, token)
     cpu_before = CpuSample.take(groups, postmaster)
-    started = time.monotonic()
-    result = await run_demo(ends.kafka, pool, config, DemoOptions(orders=orders, seed=7, timeout_s=900))
-    seconds = time.monotonic() - started
+    result = await run_demo(ends.kafka, pool, config, demo)
     cpu = CpuSample.take(groups, postmaster).minus(cpu_before)
     records = await _records(ends.kafka, token) - records_before
     async with pool.acquire() as conn:
         counters = {k: v - before.get(k, 0) for k, v in (await pg_counters(conn)).items()}
     done = max(result.orders - result.open_sagas, 1)
-    return {
-        "orders": result.orders,
-        "seconds": round(seconds, 1),
-        "sagas_per_s": round(result.sagas_per_s, 1),
+    return result, {
         "cpu_ms_per_saga": {name: round(1000 * s / done, 2) for name, s in sorted(cpu.items())},
         "cpu_ms_per_saga_total": round(1000 * sum(cpu.values()) / done, 2),
         **{f"{name}_per_saga": round(value / done, 1) for name, value in counters.items()},
         "kafka_records_per_saga": round(records / done, 1),
-        "invariants_ok": result.ok,
     }
 
 
-def _latency_row(label: str, rate: float, result: DemoResult) -> dict[str, Any]:
+def _latency_row(label: str, rate: float, result: DemoResult, costs: dict[str, Any]) -> dict[str, Any]:
     return {
         "offered": label,
         "orders_per_s": round(rate, 1),
         "orders": result.orders,
         **{p: result.latency_ms.get(p) for p in ("p50", "p95", "p99")},
+        "cpu_ms_per_saga_total": costs["cpu_ms_per_saga_total"],
+        "statements_per_saga": costs.get("statements_per_saga"),
+        "transactions_per_saga": costs.get("transactions_per_saga"),
         "invariants_ok": result.ok,
     }
 

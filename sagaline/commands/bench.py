@@ -86,7 +86,7 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         sustained.add_row(*_sustained_cells(row))
     tables.append(sustained)
     latency = Table(title="latency, open loop (request published -> saga terminal)")
-    for column in ("offered", "orders/s", "p50 ms", "p95 ms", "p99 ms", "ok"):
+    for column in ("offered", "orders/s", "p50 ms", "p95 ms", "p99 ms", "CPU ms/saga", "statements", "ok"):
         latency.add_column(column)
     for row in result.get("latency", []):
         latency.add_row(*_latency_cells(row))
@@ -118,6 +118,8 @@ def _latency_cells(row: dict[str, Any]) -> list[str]:
         str(row["p50"]),
         str(row["p95"]),
         str(row["p99"]),
+        str(row.get("cpu_ms_per_saga_total", "n/a")),
+        str(row.get("statements_per_saga", "n/a")),
         "ok" if row["invariants_ok"] else "FAILED",
     ]
 
@@ -144,8 +146,9 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("latency"):
         lines += [
             "",
-            "| offered load | orders/s | p50 ms | p95 ms | p99 ms | invariants |",
-            "|---|---|---|---|---|---|",
+            "| offered load | orders/s | p50 ms | p95 ms | p99 ms | CPU ms/saga | statements/saga"
+            " | invariants |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(_latency_cells(row)) + " |" for row in result["latency"]]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from producers.admin import _created
+from typing import Any
+
+from producers.admin import _created, _described
 
 
 def test_an_existing_topic_is_neither_created_nor_failed() -> None:
@@ -25,3 +27,27 @@ def test_a_failure_without_message_gets_the_error_description() -> None:
         "t": "TopicAuthorizationFailedError: Returned by the broker when the client is not authorized"
         " to access the requested topic."
     }
+
+
+class _LaggingBroker:
+    """Answers DescribeTopics as a broker that learns of a new topic only on the third ask."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        self.asked += 1
+        if self.asked == 1:
+            return [{"topic": names[0], "error_code": 3, "partitions": []}]  # unknown topic
+        if self.asked == 2:
+            return [{"topic": names[0], "error_code": 0, "partitions": []}]
+        return [{"topic": names[0], "error_code": 0, "partitions": [{"partition": 0, "replicas": [1]}]}]
+
+
+async def test_a_topic_is_described_once_the_answering_broker_knows_its_partitions() -> None:
+    """The drift check after a concurrent create must not read an empty description (it
+    raised `min() arg is an empty sequence` on a three-broker cluster)."""
+    broker = _LaggingBroker()
+    description = await _described(broker, "t", timeout_s=5)  # type: ignore[arg-type]
+    assert broker.asked == 3
+    assert description["partitions"] == [{"partition": 0, "replicas": [1]}]

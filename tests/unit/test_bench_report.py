@@ -1,0 +1,77 @@
+"""The bench report renders what a run measured: every sustained and latency row, with the
+costs next to the rates (pure rendering; the measuring is exercised by `sagaline bench`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from sagaline.commands.bench import _tables, markdown
+
+
+def _result() -> dict[str, Any]:
+    return {
+        "environment": {
+            "date": "2026-11-22 20:00 UTC",
+            "cores": 2,
+            "memory_gib": 23.5,
+            "python": "3.11.7",
+            "aiokafka": "0.14.0",
+            "asyncpg": "0.32.0",
+            "kafka": "3.9.2",
+            "settings": "fsync on",
+        },
+        "ceilings": {"kafka_producer_records_per_s": 170794},
+        "sustained": [
+            {
+                "orders": 13327,
+                "seconds": 32.5,
+                "sagas_per_s": 420.2,
+                "cpu_ms_per_saga": {"order": 0.8, "postgresql": 2.01},
+                "cpu_ms_per_saga_total": 4.44,
+                "transactions_per_saga": 0.1,
+                "statements_per_saga": 0.9,
+                "kafka_records_per_saga": 5.1,
+                "invariants_ok": True,
+                "replicas": 1,
+                "partitions": 6,
+                "ratio_to_first": 1.0,
+            }
+        ],
+        "latency": [
+            {
+                "offered": "25% of sustained",
+                "orders_per_s": 105.0,
+                "orders": 1575,
+                "p50": 187.1,
+                "p95": 267.3,
+                "p99": 338.4,
+                "cpu_ms_per_saga_total": 17.9,
+                "statements_per_saga": 8.3,
+                "transactions_per_saga": 2.2,
+                "invariants_ok": False,
+            }
+        ],
+        "ok": False,
+    }
+
+
+def test_markdown_has_a_row_per_run_with_rates_and_costs() -> None:
+    text = markdown(_result())
+    assert "### `sagaline bench` — 2026-11-22 20:00 UTC" in text
+    assert (
+        "| 1 x 6 partitions | 420.2 | 1.0 | 4.44 (order 0.8, postgresql 2.01) | 0.9 | 0.1 | 5.1 | ok |"
+        in text
+    )
+    assert "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 17.9 | 8.3 | FAILED |" in text
+    assert "kafka_producer_records_per_s 170,794" in text
+
+
+def test_tables_show_the_same_rows_in_a_terminal() -> None:
+    console = Console(width=200, record=True)
+    for table in _tables(_result()):
+        console.print(table)
+    text = console.export_text()
+    for cell in ("420.2", "4.44", "17.9", "8.3", "FAILED"):
+        assert cell in text
