@@ -8,6 +8,10 @@ commit together, and a duplicate finds its inbox row and changes nothing.
 
 - A transient failure inside a savepoint is retried in process (tenacity, exponential
   backoff with jitter, bounded); still failing, the message is routed to the retry lane.
+  In-process retries stop once the careful path has run `careful_window_s`: a dependency
+  that is down would otherwise hold a big batch (and every message behind it) for the
+  number of its failing messages times their backoff; later messages get one attempt each
+  and go to the retry lane, where they wait without holding anything.
 - A failure that breaks the transaction itself (connection lost) retries the whole batch;
   when that budget runs out too, every message of the batch goes to the retry lane.
 - A permanent failure (undecodable, invalid, a handler bug) goes to the dead-letter lane.
@@ -22,6 +26,7 @@ on the careful path shows as two attempts in its trace.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -78,6 +83,7 @@ class RetryBudget:
     batch_attempts: int = 3
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
+    careful_window_s: float = 2.0  # in-process retries on a batch's careful path stop after this
 
 
 class UnitOfWork:
@@ -139,8 +145,10 @@ class UnitOfWork:
                             return
                         async with conn.transaction():
                             await self._lock_keys(conn, todo)
+                            until = time.monotonic() + self.budget.careful_window_s
                             for outcome in todo:
-                                await self._apply_one(conn, outcome, _subjects(todo))
+                                tries = self.budget.message_attempts if time.monotonic() < until else 1
+                                await self._apply_one(conn, outcome, _subjects(todo), tries)
         except Exception as exc:
             failure = _failure(exc)
             if failure.failure_class == "transient":
@@ -191,13 +199,15 @@ class UnitOfWork:
             log.debug("%s: batch fast path failed (%r); applying message by message", self.group, exc)
             return False
 
-    async def _apply_one(self, conn: DbConnection, outcome: Outcome, held: frozenset[str]) -> None:
+    async def _apply_one(
+        self, conn: DbConnection, outcome: Outcome, held: frozenset[str], attempts: int
+    ) -> None:
         envelope = outcome.envelope
         assert envelope is not None
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: classify(e) == "transient" and not conn.is_closed()),
-                stop=stop_after_attempt(self.budget.message_attempts),
+                stop=stop_after_attempt(attempts),
                 wait=self._backoff(),
                 reraise=True,
             ):

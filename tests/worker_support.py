@@ -9,6 +9,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from consumers.lanes import Lanes
+from consumers.unit_of_work import RetryBudget
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
 from sagaline.service import serve
@@ -33,8 +34,14 @@ class LedgerService:
     """The ledger worker with its own topics, group and schema."""
 
     def __init__(
-        self, kafka: KafkaConnection, postgres_dsn: str, unique: str, delays: tuple[float, ...]
+        self,
+        kafka: KafkaConnection,
+        postgres_dsn: str,
+        unique: str,
+        delays: tuple[float, ...],
+        budget: RetryBudget | None = None,
     ) -> None:
+        self.budget = budget
         self.kafka = kafka
         self.postgres_dsn = postgres_dsn
         self.prefix = f"wk{unique}."
@@ -78,7 +85,7 @@ class LedgerService:
 
     async def start(self) -> None:
         self._stop = asyncio.Event()
-        spec = ledger.spec(self.group, self.topic, self.schema, self.prefix, self.delays)
+        spec = ledger.spec(self.group, self.topic, self.schema, self.prefix, self.delays, self.budget)
         self._task = asyncio.create_task(serve(self.settings(), spec, self._stop, metrics_port=0))
 
         async def migrated() -> bool:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from consumers import lanes as h
+from consumers.unit_of_work import RetryBudget
 from producers.connection import KafkaConnection
 from schemas.codec import encode
 from schemas.envelope import Envelope
@@ -120,6 +121,33 @@ async def test_transient_failures_that_recover_never_become_dead_letters(
     assert await service.scalar("SELECT n FROM {s}.attempts WHERE order_id = 'o-f4'") == 5
     assert len(await read_all(kafka, service.lanes.retry_topic(1), at_least=1)) == 1
     assert await read_all(kafka, service.lanes.dlt, at_least=0, timeout_s=2) == []
+
+
+async def test_in_process_retries_stop_once_the_careful_path_has_run_its_window(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str
+) -> None:
+    """Setup: a careful window of 0 s, five orders each failing once (flaky-1), published
+    before the worker starts so that polls hold several of them. Validate: every message after
+    the first failing one of a batch gets a single attempt and goes to the retry lane instead
+    of being retried in process (with the default window they all recover in process, as
+    the test above shows), and every order is still applied exactly once."""
+    budget = RetryBudget(message_attempts=3, batch_attempts=3, initial_backoff_s=0.02, careful_window_s=0)
+    service = LedgerService(kafka, postgres_dsn, unique, delays=(0.5, 1.0, 1.5), budget=budget)
+    await service.setup()
+    try:
+        await service.publish([placed(f"o-{i}", customer="flaky-1") for i in range(5)])
+        await service.start()
+
+        async def all_applied() -> bool:
+            return await service.ledger_rows() == 5
+
+        await wait_until(all_applied, timeout_s=60)
+        await service.stop()
+        assert len(await read_all(kafka, service.lanes.retry_topic(1), at_least=1)) >= 1
+        assert await service.scalar("SELECT count(DISTINCT order_id) FROM {s}.ledger") == 5
+        assert await service.scalar("SELECT max(n) FROM {s}.attempts") == 2
+    finally:
+        await service.close()
 
 
 async def test_a_permanent_outage_walks_every_retry_lane_respecting_each_delay_then_dead_letters(
