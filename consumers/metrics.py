@@ -17,7 +17,7 @@ class ConsumerMetrics:
         )
         self.batch_duration = Histogram(
             "sagaline_consumer_batch_duration_seconds",
-            "Time to apply one partition batch, commit included.",
+            "Time to apply one poll's records as one unit of work: database commit and lane sends included.",
             ["group"],
             buckets=DURATION_BUCKETS,
             registry=registry,
