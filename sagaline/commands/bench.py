@@ -135,7 +135,7 @@ def markdown(result: dict[str, Any]) -> str:
         f" aiokafka {env['aiokafka']}, asyncpg {env['asyncpg']}; {env['settings']}.",
     ]
     if "ceilings" in result:
-        lines += ["", "Ceilings: " + ", ".join(f"{k} {v:,}" for k, v in result["ceilings"].items()) + "."]
+        lines += ["", "Ceilings: " + ", ".join(f"{k} {v:,.0f}" for k, v in result["ceilings"].items()) + "."]
     lines += [
         "",
         "| layout | sagas/s | ratio | CPU ms/saga (by process) | statements/saga | transactions/saga"
