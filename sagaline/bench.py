@@ -20,6 +20,7 @@ Every run checks the saga invariants (sagas.invariants) for its orders.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform as host
 import uuid
@@ -156,6 +157,7 @@ async def _phase(
         )
         platform.start()
         pool = await create_pool(settings, ends.postgres_dsn)
+        costed = functools.partial(_costed, ends, pool, config, platform, token, settings)
         try:
             say(f"{layout.label}: starting {len(platform.children)} processes")
             await platform.wait_ready()
@@ -167,15 +169,7 @@ async def _phase(
                 f"{layout.label}: calibrated at {calibration.sagas_per_s:.0f} sagas/s;"
                 f" {orders} orders at once"
             )
-            result, costs = await _costed(
-                ends,
-                pool,
-                config,
-                platform,
-                token,
-                settings,
-                DemoOptions(orders=orders, seed=7, timeout_s=900),
-            )
+            result, costs = await costed(DemoOptions(orders=orders, seed=7, timeout_s=900))
             sustained = {
                 "orders": result.orders,
                 "seconds": round(result.seconds, 1),
@@ -196,15 +190,7 @@ async def _phase(
                 for label, per_s in [*offered, (f"{options.idle_rate:g}/s", options.idle_rate)]:
                     count = max(20, int(per_s * options.latency_seconds))
                     say(f"latency at {label}: {count} orders at {per_s:.0f}/s, open loop")
-                    result, costs = await _costed(
-                        ends,
-                        pool,
-                        config,
-                        platform,
-                        token,
-                        settings,
-                        DemoOptions(orders=count, rate=per_s, seed=3, timeout_s=600),
-                    )
+                    result, costs = await costed(DemoOptions(orders=count, rate=per_s, seed=3, timeout_s=600))
                     points.append(_latency_row(label, per_s, result, costs))
         finally:
             await pool.close()
