@@ -65,17 +65,23 @@ class HandlerContext:
         return envelope
 
 
+def lock_keys_sql(scope: str, keys: str) -> str:
+    """A query taking advisory transaction locks on the keys in the text array `keys`, scoped
+    by the text `scope` (both SQL expressions, e.g. parameters), in one global order:
+    transactions that lock overlapping sets this way never deadlock. Its one value is the
+    number of locks taken. The only spelling of the lock: `lock_keys` and the unit of work's
+    claim statement both use it, so they take the same locks."""
+    return (
+        "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
+        f" hashtext({scope} || ':' || k) AS h FROM unnest({keys}::text[]) AS k ORDER BY h) AS s"
+    )
+
+
 async def lock_keys(conn: DbConnection, schema: str, keys: Iterable[str]) -> None:
-    """Advisory transaction locks on `keys` (scoped by `schema`), in one statement, taken in
-    one global order: transactions that lock overlapping sets this way never deadlock."""
+    """Advisory transaction locks on `keys` (scoped by `schema`), in one statement."""
     wanted = sorted(set(keys))
     if wanted:
-        await conn.execute(
-            "SELECT count(pg_advisory_xact_lock(h)) FROM"
-            " (SELECT DISTINCT hashtext($1 || ':' || k) AS h FROM unnest($2::text[]) AS k ORDER BY h) AS s",
-            schema,
-            wanted,
-        )
+        await conn.execute(lock_keys_sql("$1", "$2"), schema, wanted)
 
 
 Handler = Callable[[HandlerContext, Any], Awaitable[None]]

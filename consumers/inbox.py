@@ -54,19 +54,29 @@ async def claim(
 
 
 async def claim_many(
-    conn: DbConnection, schema: str, group: str, events: list[tuple[str, str, str]]
+    conn: DbConnection,
+    schema: str,
+    group: str,
+    events: list[tuple[str, str, str]],
+    *,
+    after: str | None = None,
+    args: tuple[Any, ...] = (),
 ) -> set[str]:
     """Claim (event id, message type, topic) rows in one statement; returns the ids claimed
-    now — the others were applied before."""
+    now — the others were applied before. `after`: a query (parameters from $5 on, values
+    `args`) run to completion before the first row is claimed, in the same round trip — the
+    unit of work takes its key locks this way."""
+    first = f" WHERE ({after}) IS NOT NULL" if after else ""
     rows = await conn.fetch(
         f"INSERT INTO {qualified(schema, 'inbox')} (consumer_group, event_id, message_type, source_topic)"
         " SELECT $1, e.id, e.type, e.topic"
-        " FROM unnest($2::text[], $3::text[], $4::text[]) AS e(id, type, topic)"
+        f" FROM unnest($2::text[], $3::text[], $4::text[]) AS e(id, type, topic){first}"
         " ON CONFLICT DO NOTHING RETURNING event_id",
         group,
         [e[0] for e in events],
         [e[1] for e in events],
         [e[2] for e in events],
+        *args,
     )
     return {row["event_id"] for row in rows}
 

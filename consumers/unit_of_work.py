@@ -39,7 +39,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from consumers import inbox
 from consumers.errors import classify
-from consumers.handlers import HandlerContext, Handlers, lock_keys
+from consumers.handlers import HandlerContext, Handlers, lock_keys, lock_keys_sql
 from consumers.lanes import Failure, Lanes, Origin, origin_of
 from consumers.tracing import Delivery, process_span, process_spans
 from producers import failpoints, outbox
@@ -176,12 +176,14 @@ class UnitOfWork:
         """The whole batch in one go; False (everything rolled back) if any message failed."""
         try:
             async with conn.transaction():
-                await self._lock_keys(conn, todo)
+                # the batch's key locks (`_lock_keys`), then its inbox rows: one round trip
                 claimed = await inbox.claim_many(
                     conn,
                     self.schema,
                     self.group,
                     [(o.envelope.id, o.envelope.type, o.origin.topic) for o in todo if o.envelope],
+                    after=lock_keys_sql("$5::text", "$6"),
+                    args=(self.schema, sorted(_subjects(todo))),
                 )
                 fresh: list[Outcome] = []
                 for outcome in todo:

@@ -3,15 +3,19 @@
 Fetch a batch, apply all of it — every partition's records, in order within a partition —
 as one unit of work, route failures to the retry or dead-letter lane, then commit the
 offsets — only after the database transaction committed and the lane records were
-acknowledged. Retry lanes hold a partition (pause + seek) until its head record is due,
-without blocking other partitions and without polling in a hot loop. On revoke, the batch
-in hand finishes and is committed before the partitions go. On stop, the same: finish,
-commit, close.
+acknowledged. Offsets of applied units are committed together at most `commit_interval_s`
+apart (an offset commit is a round trip to the broker that a small unit of work would
+otherwise pay every time), and at once when a poll comes back empty; what a crash leaves
+uncommitted is delivered again and dropped by the inbox. Retry lanes hold a partition
+(pause + seek) until its head record is due, without blocking other partitions and without
+polling in a hot loop. On revoke, the batch in hand finishes and every applied offset is
+committed before the partitions go. On stop, the same: finish, commit, close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ class WorkerOptions:
     topics: tuple[str, ...]
     max_records: int = 500
     fetch_timeout_ms: int = 500
+    commit_interval_s: float = 0.0  # longest applied offsets wait to be committed (0: every unit)
     failure_backoff_s: float = 1.0
     sensitive_fields: tuple[str, ...] = ()  # masked in dead-letter diagnostics and logs
     log_limit: int = 1000  # characters of exception text in one log line
@@ -66,6 +71,8 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._batch_lock = asyncio.Lock()
         self._resume_at: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self._applied: dict[TopicPartition, int] = {}  # next offsets applied, not yet committed
+        self._committed_at = 0.0
         self.running = False
         self._lag_observed = 0.0
 
@@ -95,16 +102,31 @@ class Worker:
         consumer.subscribe([*self.options.topics, *self.lanes.retry_topics], listener=_Rebalance(self))
         await consumer.start()
         self._consumer = consumer
+        self._committed_at = time.monotonic()
         self.running = True
+        stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=self.options.fetch_timeout_ms, max_records=self.options.max_records
+                options = self.options
+                fetch = asyncio.ensure_future(
+                    consumer.getmany(timeout_ms=options.fetch_timeout_ms, max_records=options.max_records)
                 )
+                await asyncio.wait((fetch, stopping), return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():  # stopped while waiting for records: nothing is in hand
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await fetch
+                    break
+                batch = fetch.result()
                 if batch:
                     await self._handle_batch(consumer, batch)
+                else:
+                    await self._commit_applied(consumer)
                 await self._observe_lag(consumer)
+            async with self._batch_lock:
+                await self._commit_applied(consumer)
         finally:
+            stopping.cancel()
             self.running = False
             for handle in self._resume_at.values():
                 handle.cancel()
@@ -136,9 +158,25 @@ class Worker:
                     consumer.seek(tp, records[0].offset)
             else:
                 failpoints.hit("worker.after-commit")  # the database committed, Kafka not yet
-                await consumer.commit({tp: int(records[-1].offset) + 1 for tp, records in due.items()})
+                self._applied.update({tp: int(records[-1].offset) + 1 for tp, records in due.items()})
+                if time.monotonic() - self._committed_at >= self.options.commit_interval_s:
+                    await self._commit_applied(consumer)
         if failed:
             await asyncio.sleep(self.options.failure_backoff_s)  # an outage: do not spin
+
+    async def _commit_applied(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the offsets of everything applied since the last commit (callers hold the
+        batch lock, or are the rebalance listener that waits for it)."""
+        self._committed_at = time.monotonic()
+        if not self._applied:
+            return
+        applied, self._applied = self._applied, {}
+        try:
+            await consumer.commit(applied)
+        except BaseException:
+            for tp, offset in applied.items():  # still to commit, unless a later unit moved on
+                self._applied.setdefault(tp, offset)
+            raise
 
     async def _process(self, records: list[Any]) -> None:
         started = time.perf_counter()
@@ -258,9 +296,17 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # The batch in hand finishes and commits before its partitions go.
+        # The batch in hand finishes and every applied offset is committed before the
+        # partitions go (a partition's next owner starts from there).
         async with self.worker._batch_lock:
+            consumer = self.worker._consumer
+            try:
+                if consumer is not None:
+                    await self.worker._commit_applied(consumer)
+            except Exception as exc:  # the next owner gets them again; the inbox drops them
+                log.warning("%s: offsets not committed before a rebalance: %r", self.worker.group, exc)
             for tp in revoked:
+                self.worker._applied.pop(tp, None)
                 handle = self.worker._resume_at.pop(tp, None)
                 if handle:
                     handle.cancel()

@@ -73,6 +73,7 @@ class OutboxRelay:
         self.after_send = after_send
         self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
         self._wake = asyncio.Event()
+        self._again = False  # the last pass left rows it could have sent: run the next at once
 
     async def publish_pending(self, *, observe: bool = True) -> int:
         """One pass over the buckets with pending rows that no other relay holds; returns rows
@@ -90,6 +91,7 @@ class OutboxRelay:
         again next pass, so per-key order holds; a row the broker refuses for what it is is
         parked so that its bucket moves on."""
         failures: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
+        self._again = False
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 f"WITH mine AS MATERIALIZED (SELECT bucket FROM (SELECT DISTINCT bucket FROM {self.table}"
@@ -103,6 +105,7 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
+            self._again = len(rows) >= self.options.batch_size  # a full pass: more may wait
             failpoints.hit("relay.before-send")
             sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
             unsent: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
@@ -150,6 +153,7 @@ class OutboxRelay:
                 if failure.record_refused:
                     await self._park(conn, row, failure)
                     del failures[bucket]  # the rest of the bucket goes on at once
+                    self._again = True
         self._observe_published(acked)
         for bucket, (row, failure) in sorted(failures.items()):
             if self.metrics:
@@ -218,14 +222,16 @@ class OutboxRelay:
                 self._wake.clear()
                 # the backlog gauges at most once a second: under load a pass runs per commit
                 observe = time.monotonic() - last_observed >= GAUGE_INTERVAL_S
-                published = await self.publish_pending(observe=observe)
+                await self.publish_pending(observe=observe)
                 if observe:
                     last_observed = time.monotonic()
                 if time.monotonic() - last_prune > self.options.prune_interval_s:
                     await self.prune()
                     last_prune = time.monotonic()
-                if published:
-                    continue  # more may be waiting: go again without sleeping
+                if self._again:
+                    continue  # more are waiting: go again without sleeping
+                # otherwise wait: rows committed during the pass have set `_wake` (their NOTIFY
+                # comes after their commit), so no pass is run just to find nothing
                 waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
                 _, pending = await asyncio.wait(
                     waiters, timeout=self.options.poll_interval_s, return_when=asyncio.FIRST_COMPLETED

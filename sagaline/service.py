@@ -67,6 +67,7 @@ async def serve(
                 WorkerOptions(
                     topics=spec.subscribe,
                     max_records=settings.worker_max_records,
+                    commit_interval_s=settings.worker_commit_interval_s,
                     sensitive_fields=settings.redact_fields,
                 ),
                 ConsumerMetrics(registry),

@@ -61,6 +61,15 @@ class Settings(BaseSettings):
         description="Records one poll returns and one unit of work applies (one transaction when "
         "nothing fails). Also bounds the work a graceful stop finishes.",
     )
+    worker_commit_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="Longest a worker holds applied records' offsets before committing them to "
+        "Kafka (0: after every unit of work). Offsets are committed only after the database "
+        "commit, and always on an idle poll, a rebalance and a stop; what a crash leaves "
+        "uncommitted is delivered again and dropped by the inbox.",
+    )
     log_level: str = "INFO"
     traces_exporter: Literal["none", "otlp", "console"] = Field(
         default="none",
