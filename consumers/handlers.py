@@ -45,6 +45,9 @@ class HandlerContext:
     # keys whose lock this transaction took already (the unit of work locks each message's
     # subject up front): locking them again would be a round trip for nothing
     held: frozenset[str] = frozenset()
+    # run once the transaction that applied this message has committed (metrics about what
+    # it did); dropped if it rolls back, and never run for a duplicate
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     async def lock(self, *keys: str) -> None:
         """Serialise work on `keys` (e.g. an order id) until this transaction ends: two messages

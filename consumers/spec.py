@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from consumers.handlers import Handlers
 from consumers.lanes import DEFAULT_DELAYS_S
@@ -17,7 +18,11 @@ from producers.db import DbConnection
 from schemas.topics import TopicMap
 
 Migrate: TypeAlias = Callable[[DbConnection], Awaitable[None]]
-BackgroundTask: TypeAlias = "Callable[[asyncpg.Pool[Any], asyncio.Event], Coroutine[Any, Any, None]]"
+# handlers and background tasks get the process's metrics registry to register their own metrics on
+BuildHandlers: TypeAlias = "Callable[[asyncpg.Pool[Any], CollectorRegistry], Handlers]"
+BackgroundTask: TypeAlias = (
+    "Callable[[asyncpg.Pool[Any], asyncio.Event, CollectorRegistry], Coroutine[Any, Any, None]]"
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class WorkerSpec:
     source: str
     topics: TopicMap
     subscribe: tuple[str, ...]
-    build_handlers: Callable[[asyncpg.Pool[Any]], Handlers]
+    build_handlers: BuildHandlers
     migrate: Migrate | None = None
     delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
     budget: RetryBudget = field(default_factory=RetryBudget)

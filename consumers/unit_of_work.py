@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from consumers import inbox
 from consumers.errors import classify
 from consumers.handlers import HandlerContext, Handlers, lock_keys, lock_keys_sql
 from consumers.lanes import Failure, Lanes, Origin, origin_of
+from consumers.logcontext import about_message
 from consumers.tracing import Delivery, process_span, process_spans
 from producers import failpoints, outbox
 from producers.db import DbConnection
@@ -75,6 +76,7 @@ class Outcome:
     envelope: Envelope[Message] | None = None
     failure: Failure | None = None
     emitted: list[Envelope[Message]] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)  # see HandlerContext
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,13 @@ class UnitOfWork:
                 await self._apply_batch([outcome])
         elif todo:
             await self._apply_batch(todo)
+        for outcome in outcomes:
+            if outcome.kind == "applied":  # committed: the last attempt's hooks, exactly once
+                for hook in outcome.after_commit:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("%s: an after-commit hook failed", self.group)
         return outcomes
 
     async def _apply_batch(self, todo: list[Outcome]) -> None:
@@ -251,9 +260,15 @@ class UnitOfWork:
             if batch is None:
                 handler = self.handlers.get(message_type)
                 assert handler is not None
-                with self._span(todo[i]):
-                    _handler_failpoint(contexts[i].envelope)
-                    await handler(contexts[i], contexts[i].envelope.data)
+                with self._span(todo[i]), self._about(todo[i]):
+                    try:
+                        _handler_failpoint(contexts[i].envelope)
+                        await handler(contexts[i], contexts[i].envelope.data)
+                    except Exception as exc:  # in its span: the line carries the span's ids
+                        # the type only: an exception's text may hold payload values
+                        name = message_type.__name__
+                        log.info("%s: handling %s raised %s", self.group, name, _type_name(exc))
+                        raise
                 i += 1
                 continue
             end = i + 1
@@ -273,6 +288,18 @@ class UnitOfWork:
         await outbox.stage_many(conn, self.schema, [e for c in contexts for e in c.emitted], self.topics)
         for outcome, ctx in zip(todo, contexts, strict=True):
             outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
+            outcome.after_commit = ctx.after_commit
+
+    def _about(self, outcome: Outcome) -> AbstractContextManager[None]:
+        """Log lines written while this message is handled are about it (consumers.logcontext)."""
+        record = outcome.record
+        return about_message(
+            group=self.group,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            envelope=outcome.envelope,
+        )
 
     def _span(self, outcome: Outcome) -> AbstractContextManager[Span]:
         """The handler's processing span (consumers.tracing): one per attempt."""
@@ -305,6 +332,10 @@ def triage(record: InboundRecord, lanes: Lanes, handlers: Handlers) -> Outcome:
 
 def _subjects(todo: list[Outcome]) -> frozenset[str]:
     return frozenset(o.envelope.subject for o in todo if o.envelope)
+
+
+def _type_name(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 def _handler_failpoint(envelope: Envelope[Message]) -> None:

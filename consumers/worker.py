@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from consumers.diagnostics import Redactor
 from consumers.lanes import Lanes, failed_record
+from consumers.logcontext import about_message
 from consumers.metrics import ConsumerMetrics
 from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
 from producers import failpoints
@@ -264,14 +265,22 @@ class Worker:
             elif self.metrics:
                 self.metrics.dead_lettered.labels(self.group, outcome.failure.failure_class).inc()
             if not to_retry:
-                log.warning(
-                    "%s: dead-lettered %s[%d]@%d: %s",
-                    self.group,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    self.redact.describe(outcome.failure.exc, self.options.log_limit),
+                about = about_message(
+                    group=self.group,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    envelope=outcome.envelope,
                 )
+                with about:
+                    log.warning(
+                        "%s: dead-lettered %s[%d]@%d: %s",
+                        self.group,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        self.redact.describe(outcome.failure.exc, self.options.log_limit),
+                    )
         futures = [(await self.publisher.enqueue(topic, rec), topic, eid) for topic, rec, eid in sends]
         for future, topic, eid in futures:
             await Publisher.acknowledged(future, topic, eid)

@@ -145,6 +145,7 @@ def saga_config(settings: Settings) -> SagaConfig:
         payment_timeout_s=settings.payment_timeout_s,
         stock_timeout_s=settings.stock_timeout_s,
         retry_delays_s=settings.retry_delays_s,
+        stuck_after_s=settings.saga_stuck_after_s,
     )
 
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+from consumers import logcontext
 from consumers.diagnostics import bounded
 from consumers.errors import classify
 from sagaline.settings import Settings
@@ -46,10 +50,52 @@ class BoundedFormatter(logging.Formatter):
         return bounded(super().format(record), LOG_LINE_LIMIT)
 
 
-def configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `ts` (UTC, ISO 8601), `level`, `service`, `logger`,
+    `message`; `trace_id` and `span_id` of the current span (or, on a line about a message
+    outside any span, of the message's trace context); and on a line about a message its
+    `group`, `topic`, `partition`, `offset`, `event_id`, `event_type` and `saga_id`
+    (consumers.logcontext). Text that may come from outside (the message, an exception) is
+    bounded, so a line stays parseable and short."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": bounded(record.getMessage(), LOG_LINE_LIMIT),
+        }
+        about = logcontext.current()
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"], line["span_id"] = f"{span.trace_id:032x}", f"{span.span_id:016x}"
+        elif about and about.get("traceparent"):
+            parts = str(about["traceparent"]).split("-")
+            if len(parts) == 4:
+                line["trace_id"], line["span_id"] = parts[1], parts[2]
+        if about:
+            line.update((k, v) for k, v in about.items() if k != "traceparent" and v is not None)
+        if record.exc_info:
+            line["exception"] = bounded(self.formatException(record.exc_info), LOG_LINE_LIMIT)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, log_format: str = "text", service: str = "sagaline") -> None:
+    """Logging for a command: `json` lines (for services: machines read them) or `text`
+    (a terminal), both bounded (LOG_LINE_LIMIT)."""
     logging.basicConfig(level=level.upper())
+    formatter: logging.Formatter = (
+        JsonFormatter(service)
+        if log_format == "json"
+        else BoundedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(BoundedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(formatter)
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

@@ -27,7 +27,7 @@ from producers.metrics import RelayMetrics
 from producers.publisher import PASS_SENDER, Publisher
 from producers.relay import OutboxRelay
 from sagaline.bootstrap import close_pool, create_pool, endpoints
-from sagaline.ops import OpsServer
+from sagaline.ops import OpsServer, process_registry
 from sagaline.runtime import supervised
 from sagaline.settings import Settings
 
@@ -35,11 +35,17 @@ log = logging.getLogger(__name__)
 
 
 async def serve(
-    settings: Settings, spec: WorkerSpec, stop: asyncio.Event, metrics_port: int | None = None
+    settings: Settings,
+    spec: WorkerSpec,
+    stop: asyncio.Event,
+    metrics_port: int | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
+    """Run one service until `stop`. `registry`: where its metrics go (default: a new process
+    registry); a caller that runs several services in one process passes one per service."""
     ends = await endpoints(settings, start_local=False)
     pool = await create_pool(settings, ends.postgres_dsn, application_name=f"sagaline-{spec.name}")
-    registry = CollectorRegistry()
+    registry = registry or process_registry(spec.name)
     try:
         async with pool.acquire() as conn:
             await outbox.install(conn, spec.schema)
@@ -52,7 +58,7 @@ async def serve(
             schema=spec.schema,
             group=spec.group,
             source=spec.source,
-            handlers=spec.build_handlers(pool),
+            handlers=spec.build_handlers(pool, registry),
             topics=spec.topics,
             budget=spec.budget,
             transaction_per_message=spec.transaction_per_message,
@@ -103,7 +109,7 @@ async def serve(
                 stop,
             )
             for number, background in enumerate(spec.background):
-                loops[f"{spec.name}-background-{number}"] = partial(background, pool, stop)
+                loops[f"{spec.name}-background-{number}"] = partial(background, pool, stop, registry)
             tasks = [
                 asyncio.create_task(supervised(name, loop, stop), name=name) for name, loop in loops.items()
             ]

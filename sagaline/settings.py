@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         "uncommitted is delivered again and dropped by the inbox.",
     )
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="How long-running processes (workers, relay, DLQ indexer, `up`) log: JSON lines "
+        "with trace, saga and message fields, or `text` for a terminal.",
+    )
     traces_exporter: Literal["none", "otlp", "console"] = Field(
         default="none",
         description="Where spans go: nowhere (trace context still propagates), OTLP over HTTP "
@@ -95,6 +100,13 @@ class Settings(BaseSettings):
     topic_replication: int = Field(default=3, ge=1, le=5)
     payment_timeout_s: float = Field(default=30.0, gt=0)
     stock_timeout_s: float = Field(default=30.0, gt=0)
+    saga_stuck_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=30 * 86400,
+        description="An open saga unchanged this long counts as stuck (`sagaline_sagas_stuck`, "
+        "the SagasStuck alert).",
+    )
     retry_delays_s: Annotated[tuple[float, ...], NoDecode] = Field(
         default=(1.0, 10.0, 60.0), min_length=1, description="Delays of the retry lanes, e.g. `1,10,60`."
     )

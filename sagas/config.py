@@ -3,15 +3,11 @@ a prefix gives tests (or tenants) their own schemas, groups and topics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
-from consumers.handlers import Handlers
 from consumers.lanes import Lanes
-from consumers.spec import WorkerSpec
+from consumers.spec import BuildHandlers, WorkerSpec
 from producers import migrate
 from producers.db import DbConnection
 from schemas.topics import TopicMap
@@ -28,6 +24,8 @@ class SagaConfig:
     stock_timeout_s: float = 30.0
     deadline_scan_interval_s: float = 0.5
     retry_delays_s: tuple[float, ...] = (1.0, 10.0, 60.0)
+    stuck_after_s: float = 300.0
+    """An open saga unchanged this long counts as stuck (`sagaline_sagas_stuck`)."""
 
     def schema(self, service: str) -> str:
         return f"{self.prefix}{service}"
@@ -47,7 +45,7 @@ class SagaConfig:
         service: str,
         *,
         subscribe: tuple[str, ...],
-        build_handlers: Callable[[asyncpg.Pool[Any]], Handlers],
+        build_handlers: BuildHandlers,
         **options: Any,
     ) -> WorkerSpec:
         """A service's worker: its schema (migrated from `sagas/migrations/<service>/`), group,

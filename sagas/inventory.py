@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
@@ -213,7 +214,7 @@ async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
         )
 
 
-def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
+def build_handlers(pool: asyncpg.Pool[Any], registry: CollectorRegistry) -> Handlers:
     handlers = Handlers()
     handlers.register_batch((m.PaymentCompleted, m.OrderCancelling), apply)
     return handlers

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from consumers.errors import PermanentError
 from consumers.handlers import HandlerContext, Handlers
@@ -204,7 +205,7 @@ def build_handlers(config: SagaConfig) -> Any:
             for event in events:
                 await ctx.emit(event)
 
-    def build(pool: asyncpg.Pool[Any]) -> Handlers:
+    def build(pool: asyncpg.Pool[Any], registry: CollectorRegistry) -> Handlers:
         handlers = Handlers()
         handlers.register_batch(
             (
@@ -229,7 +230,7 @@ def deadline_loop(config: SagaConfig) -> Any:
     row locked (SKIP LOCKED: a handler working on it wins, the next scan sees its result).
     A database outage ends the scan with its error; the service's supervisor restarts it."""
 
-    async def run(pool: asyncpg.Pool[Any], stop: asyncio.Event) -> None:
+    async def run(pool: asyncpg.Pool[Any], stop: asyncio.Event, registry: CollectorRegistry) -> None:
         schema = config.schema("order")
         table = qualified(schema, "orders")
         while not stop.is_set():

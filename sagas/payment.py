@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
@@ -241,7 +242,7 @@ def _columns(rows: list[Payment], names: str) -> list[list[Any]]:
     return [[getattr(row, name.strip()) for row in rows] for name in names.split(",")]
 
 
-def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
+def build_handlers(pool: asyncpg.Pool[Any], registry: CollectorRegistry) -> Handlers:
     handlers = Handlers()
     handlers.register_batch((m.OrderPlaced, m.StockRejected, m.OrderCancelling), apply)
     return handlers

@@ -7,16 +7,21 @@ the current step. A timeline row per event id makes redelivery harmless.
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
+from sagas.metrics import SagaMetrics, gauge_loop
 from schemas import messages as m
 from schemas.envelope import Envelope
 
@@ -47,6 +52,9 @@ TRANSITIONS: dict[type[m.Message], tuple[str | None, str]] = {
     m.StockReleased: (None, "compensating: stock released"),
     m.OrderCancelled: ("CANCELLED", "done"),
 }
+
+
+OPEN_STEPS = tuple(sorted({step for _, step in TRANSITIONS.values()} - {"done"}))
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,13 @@ def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
 _SAGA_COLUMNS = "order_id, saga_id, status, step, reason, started_at, updated_at, last_event"
 
 
-async def record(contexts: list[HandlerContext]) -> None:
+async def record(contexts: list[HandlerContext], metrics: SagaMetrics | None = None) -> None:
     """A batch in two statements: its timeline rows (a redelivered event id adds nothing)
-    together with loading the sagas it touches; then the folded sagas, saved at once."""
+    together with loading the sagas it touches; then the folded sagas, saved at once. With
+    `metrics`, a saga that ends in the batch is observed once the batch commits: its outcome,
+    its duration and the duration of each of its steps, from its whole timeline (one more
+    statement, only for a batch in which sagas end), so events that reached the tracker out
+    of order still give every step exactly once."""
     conn, schema, topics = contexts[0].conn, contexts[0].schema, contexts[0].topics
     envelopes = [ctx.envelope for ctx in contexts]
     timeline, sagas = qualified(schema, "timeline"), qualified(schema, "sagas")
@@ -125,9 +137,13 @@ async def record(contexts: list[HandlerContext]) -> None:
     )
     state: dict[str, SagaRow] = {row["order_id"]: SagaRow(**dict(row)) for row in rows}
     changed: dict[str, SagaRow] = {}
-    for envelope in envelopes:
+    ended: dict[str, HandlerContext] = {}  # order id -> the context of the event that ended it
+    for ctx, envelope in zip(contexts, envelopes, strict=True):
         order_id = envelope.data.order_id
-        state[order_id] = changed[order_id] = fold(state.get(order_id), envelope)
+        before = state.get(order_id)
+        state[order_id] = changed[order_id] = after = fold(before, envelope)
+        if (before is None or before.status not in TERMINAL_STATUSES) and after.status in TERMINAL_STATUSES:
+            ended[order_id] = ctx
     saved = list(changed.values())
     await conn.execute(
         f"INSERT INTO {sagas} ({_SAGA_COLUMNS})"
@@ -138,11 +154,36 @@ async def record(contexts: list[HandlerContext]) -> None:
         " last_event = EXCLUDED.last_event",
         *[[getattr(row, name.strip()) for row in saved] for name in _SAGA_COLUMNS.split(",")],
     )
+    if metrics is not None and ended:
+        steps = await conn.fetch(
+            f"SELECT order_id, type, occurred_at FROM {timeline}"
+            " WHERE order_id = ANY($1::text[]) ORDER BY order_id, occurred_at, event_id",
+            sorted(ended),
+        )
+        for order_id, ctx in ended.items():
+            timeline_of = [(row["type"], row["occurred_at"]) for row in steps if row["order_id"] == order_id]
+            ctx.after_commit.append(_observe(metrics, state[order_id], timeline_of, ctx))
 
 
-def build_handlers(pool: asyncpg.Pool[Any]) -> Handlers:
+def _observe(
+    metrics: SagaMetrics, saga: SagaRow, timeline: list[tuple[str, datetime]], ended_by: HandlerContext
+) -> Callable[[], None]:
+    """A saga that ended, as metrics (run after the commit): its outcome and duration (with
+    the trace id of the event that ended it) and every step of its timeline."""
+    traceparent = (ended_by.trace[0] if ended_by.trace else None) or ended_by.envelope.traceparent
+    trace_id = traceparent.split("-")[1] if traceparent and traceparent.count("-") == 3 else None
+
+    def observe() -> None:
+        metrics.ended(saga.status, saga.reason, (saga.updated_at - saga.started_at).total_seconds(), trace_id)
+        for (_, previous), (step, at) in itertools.pairwise(timeline):
+            metrics.stepped(step, (at - previous).total_seconds())
+
+    return observe
+
+
+def build_handlers(pool: asyncpg.Pool[Any], registry: CollectorRegistry) -> Handlers:
     handlers = Handlers()
-    handlers.register_batch(TRANSITIONS, record)
+    handlers.register_batch(TRANSITIONS, functools.partial(record, metrics=SagaMetrics(registry)))
     return handlers
 
 
@@ -153,6 +194,7 @@ def spec(config: SagaConfig) -> WorkerSpec:
         subscribe=(topics.ingress, topics.orders, topics.payments, topics.inventory),
         build_handlers=build_handlers,
         run_relay=False,
+        background=(gauge_loop(config.schema("tracker"), OPEN_STEPS, config.stuck_after_s),),
     )
 
 

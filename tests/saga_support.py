@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from producers.admin import ensure_topics
 from producers.connection import KafkaConnection
@@ -46,6 +47,7 @@ class SagaPlatform:
         stock_timeout_s: float = 30.0,
         retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0),
         replication: int = 1,
+        stuck_after_s: float = 300.0,
     ) -> None:
         self.kafka = kafka
         self.postgres_dsn = postgres_dsn
@@ -56,9 +58,11 @@ class SagaPlatform:
             stock_timeout_s=stock_timeout_s,
             deadline_scan_interval_s=0.2,
             retry_delays_s=retry_delays_s,
+            stuck_after_s=stuck_after_s,
         )
         self.pool: asyncpg.Pool[Any] | None = None
         self._running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self.registries: dict[str, CollectorRegistry] = {}  # each service's metrics, as last started
 
     async def setup(self, accounts: list[tuple[str, int]], stock: list[tuple[str, int]]) -> None:
         await ensure_topics(self.kafka, self.config.topics.specs())
@@ -80,7 +84,10 @@ class SagaPlatform:
     async def start(self, *services: str) -> None:
         for name in services or tuple(SPECS):
             stop = asyncio.Event()
-            task = asyncio.create_task(serve(self.settings(), SPECS[name](self.config), stop, metrics_port=0))
+            self.registries[name] = registry = CollectorRegistry()
+            task = asyncio.create_task(
+                serve(self.settings(), SPECS[name](self.config), stop, metrics_port=0, registry=registry)
+            )
             self._running[name] = (task, stop)
 
     def ended(self) -> list[str]:

@@ -2,7 +2,8 @@
 # Install the system packages sagaline needs when they are missing (Debian, as root):
 #   (default)     Java 17, Maven, PostgreSQL, Python venv, Node.js/npm, kcat (tests produce
 #                 hostile records with a client that is not ours), docker-compose (the unit
-#                 tier validates compose.yaml with it; no engine needed)
+#                 tier validates compose.yaml with it; no engine needed), prometheus
+#                 (promtool tests the alert rules; the observability test runs the server)
 #   --containers  also docker.io, debootstrap (the testcontainers and compose paths)
 # Installs nothing when everything is there; without root it names what is missing.
 set -euo pipefail
@@ -16,6 +17,7 @@ python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ "${1:-}" = "--containers" ]; then
   command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)

@@ -23,12 +23,14 @@ from rich.table import Table
 from consumers.diagnostics import Redactor
 from consumers.lanes import STACKTRACE_LIMIT
 from dlq import actions, store
+from dlq import metrics as dlq_metrics
 from producers.publisher import Publisher
 from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out, read_input, safe
-from sagaline.ops import OpsServer
+from sagaline.ops import OpsServer, process_registry
 from sagaline.runtime import configure_logging, stop_event_on_signals, supervised
 from sagaline.settings import Settings
+from sagas.config import SERVICES
 from sagas.services import SPECS
 from schemas.codec import decode
 from schemas.errors import DecodeError
@@ -123,14 +125,14 @@ def index(
     """Record the dead letters of this deployment's groups (their `.dlt` topics, and no other
     deployment's) in PostgreSQL until SIGTERM."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "dlq")
 
     async def run() -> None:
         stop = stop_event_on_signals()
         ends = await endpoints(settings, start_local=False)
         pool = await create_pool(settings, ends.postgres_dsn)
         schema = saga_config(settings).schema("dlq")
-        registry = CollectorRegistry()
+        registry = process_registry("dlq")
         indexed = Gauge("sagaline_dlq_indexed", "Dead letters indexed by this process.", registry=registry)
         try:
             async with pool.acquire() as conn:
@@ -140,8 +142,13 @@ def index(
             port = settings.metrics_port if metrics_port is None else metrics_port
             ops = OpsServer(registry, settings.metrics_host, port, ready=lambda: indexer.running)
             await ops.start()
+            config = saga_config(settings)
+            gauges = dlq_metrics.gauge_loop(pool, schema, registry, [config.group(s) for s in SERVICES])
             try:
-                await supervised("dlq-index", lambda: indexer.run(stop), stop)
+                await asyncio.gather(
+                    supervised("dlq-index", lambda: indexer.run(stop), stop),
+                    supervised("dlq-gauges", lambda: gauges(stop), stop),
+                )
             finally:
                 await ops.stop()
         finally:
@@ -441,7 +448,9 @@ def _handled_types(settings: Settings, pool: asyncpg.Pool[Any]) -> actions.Handl
     """Group -> the message types its service handles (None for a group not of this saga)."""
     config = saga_config(settings)
     by_group = {
-        config.group(name): frozenset(ce_type(t) for t in spec(config).build_handlers(pool).message_types)
+        config.group(name): frozenset(
+            ce_type(t) for t in spec(config).build_handlers(pool, CollectorRegistry()).message_types
+        )
         for name, spec in SPECS.items()
     }
     return by_group.get

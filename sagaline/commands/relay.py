@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import typer
-from prometheus_client import CollectorRegistry
 
 from producers import outbox
 from producers.db import qualified
@@ -14,7 +13,7 @@ from producers.metrics import RelayMetrics
 from producers.publisher import PASS_SENDER, Publisher
 from producers.relay import OutboxRelay, RelayOptions
 from sagaline.bootstrap import close_pool, create_pool, endpoints
-from sagaline.ops import OpsServer
+from sagaline.ops import OpsServer, process_registry
 from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
 from sagaline.settings import Settings
 
@@ -42,7 +41,7 @@ def relay(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--schema") from None
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "relay")
     stop_tracing = configure_tracing(settings, "relay")
     try:
         asyncio.run(
@@ -62,7 +61,7 @@ async def _run(
 ) -> None:
     stop = stop_event_on_signals()
     ends = await endpoints(settings, start_local=False)
-    registry = CollectorRegistry()
+    registry = process_registry("relay")
     metrics = RelayMetrics(registry)
     pool = await create_pool(settings, ends.postgres_dsn)
     ops = OpsServer(

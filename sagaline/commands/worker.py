@@ -37,7 +37,7 @@ def worker(
 ) -> None:
     """Run one saga service (its consumer group, outbox relay and background loops) until SIGTERM."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, name.value)
     spec = SPECS[name.value](saga_config(settings))
     stop_tracing = configure_tracing(settings, name.value)
 
@@ -65,7 +65,7 @@ def up(
     """Run the whole platform: the local stack when nothing is configured, topics, and every
     service as its own process. Ctrl-C or SIGTERM stops everything cleanly."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "up")
     asyncio.run(_up(settings, metrics_base_port, replicas))
 
 

@@ -44,7 +44,7 @@ async def running(
         schema=spec.schema,
         group=spec.group,
         source=spec.source,
-        handlers=spec.build_handlers(service.pool),
+        handlers=spec.build_handlers(service.pool, registry),
         topics=spec.topics,
         lanes=lanes,
     )

@@ -3,6 +3,8 @@ upstream's send through every service's processing of every event it caused."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -13,10 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from producers.connection import KafkaConnection
+from sagaline.runtime import JsonFormatter
 from schemas.messages import Message, OrderConfirmed, OrderPlaced, PaymentCompleted, PlaceOrder
 from schemas.registry import ce_type
 from tests.saga_support import SagaPlatform, order
-from tests.support import wait_until
+from tests.support import read_all, wait_until
+from tests.worker_support import LedgerService, placed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -108,3 +112,63 @@ async def test_one_trace_follows_an_order_through_every_service(
     assert _parent(charged) == _id(accepted)
     [reserved] = _processing(processed, PaymentCompleted, saga.config.group("inventory"))
     assert _parent(reserved) == _id(charged)
+
+
+async def test_log_lines_about_a_message_are_json_with_its_span_saga_and_coordinates(
+    spans: InMemorySpanExporter, kafka: KafkaConnection, postgres_dsn: str, unique: str
+) -> None:
+    """The JSON log format (SAGALINE_LOG_FORMAT=json, the default of long-running commands):
+    a handler that fails logs inside its processing span, and the dead-letter line that
+    follows carries the same trace and the message's ids."""
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    capture = Capture()
+    capture.setFormatter(JsonFormatter("ledger"))
+    consumers_log = logging.getLogger("consumers")
+    consumers_log.addHandler(capture)
+    previous = consumers_log.level
+    consumers_log.setLevel(logging.INFO)
+    service = LedgerService(kafka, postgres_dsn, unique, delays=(0.5,))
+    await service.setup()
+    try:
+        # customer "bug": the ledger handler divides by zero
+        [event_id] = await service.publish([placed("o-logged", customer="bug")])
+        await service.start()
+        await read_all(kafka, service.lanes.dlt, at_least=1)
+        await service.stop()
+    finally:
+        consumers_log.removeHandler(capture)
+        consumers_log.setLevel(previous)
+        await service.close()
+
+    parsed = [json.loads(line) for line in lines]  # every line is one JSON object
+    about = [p for p in parsed if p.get("event_id") == event_id]
+    raised = [p for p in about if "raised builtins.ZeroDivisionError" in p["message"]]
+    [dead] = [p for p in about if "dead-lettered" in p["message"]]
+    attempts = [  # the batch's fast path, then the message alone on the careful path
+        s
+        for s in spans.get_finished_spans()
+        if s.name == f"process {service.topic}"
+        and (s.attributes or {}).get("messaging.kafka.message.key") == "o-logged"
+    ]
+    assert len(attempts) == len(raised) == 2
+    contexts = [s.context for s in attempts if s.context is not None]
+    # each line written inside a handler's span carries that span's ids
+    assert {(p["trace_id"], p["span_id"]) for p in raised} == {
+        (f"{c.trace_id:032x}", f"{c.span_id:016x}") for c in contexts
+    }
+    assert dead["trace_id"] == raised[0]["trace_id"]  # outside any span: the message's own trace
+    where = attempts[0].attributes or {}
+    for line in [*raised, dead]:
+        assert (line["saga_id"], line["topic"], line["group"]) == ("o-logged", service.topic, service.group)
+        assert (str(line["partition"]), line["offset"]) == (
+            where["messaging.destination.partition.id"],
+            where["messaging.kafka.offset"],
+        )
+        assert line["service"] == "ledger"
+        assert line["level"] in ("INFO", "WARNING")
+        assert line["ts"].endswith("+00:00")

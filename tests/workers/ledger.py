@@ -17,6 +17,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from consumers.errors import TransientError
 from consumers.handlers import HandlerContext, Handlers
@@ -44,7 +45,7 @@ def migrate_for(schema: str) -> Any:
 
 
 def handlers_for(schema: str) -> Any:
-    def build(pool: asyncpg.Pool[Any]) -> Handlers:
+    def build(pool: asyncpg.Pool[Any], registry: CollectorRegistry) -> Handlers:
         handlers = Handlers()
 
         @handlers.on(OrderPlaced)
