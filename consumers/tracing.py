@@ -20,15 +20,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     INVALID_SPAN,
-    NoOpTracerProvider,
-    ProxyTracerProvider,
     Span,
     SpanKind,
     Status,
     StatusCode,
 )
 
-from producers.tracing import messaging_attributes
+from producers.tracing import messaging_attributes, sdk_installed
 from schemas.envelope import Envelope
 
 TraceContext = tuple[str | None, str | None]
@@ -43,7 +41,7 @@ def process_span(
     """A CONSUMER span named `process {topic}`, child of the record's trace context, current
     while the handler runs. An exception leaving it is recorded on the span and marks it as
     an error."""
-    if not _sdk_installed():
+    if not sdk_installed():
         # Nothing would record the span: skip building it (about 10 µs a message); what the
         # handler emits inherits the record's trace context from its cause instead.
         yield INVALID_SPAN
@@ -73,7 +71,7 @@ def process_spans(deliveries: Sequence[Delivery], *, group: str) -> Iterator[lis
     (they are siblings, not nested): yields each span's (traceparent, tracestate) for what
     that message emits. An exception leaving the call is recorded on every span (the call
     applied them together, so it failed for each). Without an SDK: no spans, and Nones."""
-    if not _sdk_installed():
+    if not sdk_installed():
         yield [None] * len(deliveries)
         return
     spans = [
@@ -126,8 +124,3 @@ def _attributes(
         "cloudevents.event_source": envelope.source,
         "cloudevents.event_subject": envelope.subject,
     }
-
-
-def _sdk_installed() -> bool:
-    """Whether a real tracer provider was set (the API's default is a proxy to a no-op)."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)

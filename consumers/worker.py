@@ -75,6 +75,12 @@ class Worker:
         self._applied: dict[TopicPartition, int] = {}  # next offsets applied, not yet committed
         self._committed_at = 0.0
         self.running = False
+        if metrics:  # every series at 0 from the start: a rate or an alert sees the first event
+            metrics.duplicates.labels(self.group)
+            for failure_class in ("transient", "permanent"):
+                metrics.dead_lettered.labels(self.group, failure_class)
+            for lane in range(1, len(lanes.delays_s) + 1):
+                metrics.retried.labels(self.group, str(lane))
         self._lag_observed = 0.0
 
     @property

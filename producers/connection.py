@@ -24,6 +24,7 @@ class KafkaConnection:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by AIOKafkaProducer, AIOKafkaConsumer and the admin client."""
@@ -35,7 +36,7 @@ class KafkaConnection:
         if self.security_protocol in ("SSL", "SASL_SSL"):
             context = ssl.create_default_context(cafile=self.ssl_cafile)
             if self.ssl_certfile:
-                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=self.ssl_key_password)
             kwargs["ssl_context"] = context
         if self.security_protocol.startswith("SASL_"):
             kwargs["sasl_mechanism"] = self.sasl_mechanism or "SCRAM-SHA-512"

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka.structs import RecordMetadata, TopicPartition
+from opentelemetry.trace import Span, Status, StatusCode
 
 from producers import failpoints
 from producers.db import qualified
@@ -31,6 +32,7 @@ from producers.errors import DeliveryError
 from producers.metrics import RelayMetrics
 from producers.outbox import NOTIFY_CHANNEL
 from producers.publisher import Ack, Publisher
+from producers.tracing import relay_send_span
 from schemas.codec import Record
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class OutboxRelay:
         self.table = qualified(schema, "outbox")
         self.options = options or RelayOptions()
         self.metrics = metrics
+        if metrics:  # at 0 from the start: a rate or an alert sees the first failure
+            metrics.publish_failures.labels(schema)
         self.after_send = after_send
         self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
         self._wake = asyncio.Event()
@@ -109,20 +113,33 @@ class OutboxRelay:
             failpoints.hit("relay.before-send")
             sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
             unsent: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
+            spans: dict[int, Span] = {}  # row id -> its send span, when tracing records spans
+            now = datetime.now(UTC)
             for row in rows:
                 if row["bucket"] in unsent:
                     continue  # after a refused send in its bucket: next pass
                 if failpoints.enabled("relay.drop") and zlib.crc32(row["event_id"].encode()) % 10 == 0:
                     sent.append((row, _dropped(row)))  # the defect: marked published, never sent
                     continue
+                record = _record(row)
+                delay = (now - row["created_at"]).total_seconds()
+                span = relay_send_span(
+                    row["topic"], record.headers, event_id=row["event_id"], key=record.key, delay_s=delay
+                )
                 try:
-                    sent.append((row, await self.publisher.enqueue(row["topic"], _record(row))))
+                    sent.append((row, await self.publisher.enqueue(row["topic"], record)))
                 except DeliveryError as exc:
                     unsent[row["bucket"]] = (row, exc)
+                    _end_span(span, exc)
+                    continue
+                if span is not None:
+                    spans[row["id"]] = span
             results = await asyncio.gather(
                 *(Publisher.acknowledged(f, r["topic"], r["event_id"]) for r, f in sent),
                 return_exceptions=True,
             )
+            for (row, _), result in zip(sent, results, strict=True):
+                _end_span(spans.pop(row["id"], None), result)
             acked: list[asyncpg.Record] = []
             acks: list[Ack] = []
             for (row, _), result in zip(sent, results, strict=True):
@@ -255,6 +272,19 @@ class OutboxRelay:
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.schema:
             self._wake.set()
+
+
+def _end_span(span: Span | None, result: object) -> None:
+    """End a send span with the broker's answer: where the record went, or the error."""
+    if span is None:
+        return
+    if isinstance(result, BaseException):
+        span.record_exception(result)
+        span.set_status(Status(StatusCode.ERROR, type(result).__name__))
+    elif isinstance(result, Ack):
+        span.set_attribute("messaging.destination.partition.id", str(result.partition))
+        span.set_attribute("messaging.kafka.offset", result.offset)
+    span.end()
 
 
 def _dropped(row: asyncpg.Record) -> asyncio.Future[Any]:

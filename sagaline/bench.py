@@ -14,6 +14,9 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
    is doing): p50/p95/p99 at 25/50/75% of the sustained rate and at 10 orders/s.
 4. **Scaling**: the sustained phase again with 2 processes per service, and with 12
    partitions.
+5. **Tracing**: the sustained phase again with every service exporting every span (100%
+   sampling) over OTLP/HTTP to a local receiver (sagaline.otlp_sink), against the base
+   layout's run with tracing off: what tracing costs.
 
 Every run checks the saga invariants (sagas.invariants) for its orders.
 """
@@ -43,6 +46,7 @@ from sagaline.costs import CpuSample, pg_counters, postmaster_pid
 from sagaline.demo import DemoOptions, DemoResult, run_demo
 from sagaline.localstack.kafka import KAFKA_VERSION
 from sagaline.localstack.process import read_pid
+from sagaline.otlp_sink import OtlpSink
 from sagaline.platform import Platform
 from sagaline.settings import Settings
 
@@ -57,17 +61,20 @@ class BenchOptions:
     idle_rate: float = 10.0
     scaling: bool = True
     ceilings: bool = True
+    tracing: bool = True
 
 
 @dataclass(frozen=True)
 class Layout:
     replicas: int
     partitions: int
+    tracing: bool = False  # every span exported, 100% sampled, to a local OTLP receiver
 
     @property
     def label(self) -> str:
         processes = f"{self.replicas} process{'es' if self.replicas > 1 else ''}"
-        return f"{processes}/service, {self.partitions} partitions"
+        traced = ", tracing on" if self.tracing else ""
+        return f"{processes}/service, {self.partitions} partitions{traced}"
 
 
 async def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, Any]:
@@ -78,6 +85,8 @@ async def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict
         report["ceilings"] = await _ceilings(settings, ends)
     base = Layout(1, settings.topic_partitions)
     layouts = [base]
+    if options.tracing:
+        layouts.append(Layout(1, base.partitions, tracing=True))
     if options.scaling:
         layouts += [Layout(2, base.partitions), Layout(1, base.partitions * 2)]
     report["sustained"] = []
@@ -148,6 +157,14 @@ async def _phase(
         "SAGALINE_KAFKA_BOOTSTRAP": ends.kafka.bootstrap_servers,
         "SAGALINE_POSTGRES_DSN": ends.postgres_dsn,
     }
+    sink = OtlpSink()
+    if layout.tracing:
+        await sink.start()
+        overrides |= {
+            "SAGALINE_TRACES_EXPORTER": "otlp",
+            "SAGALINE_TRACES_SAMPLE_RATIO": "1",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{sink.endpoint}/v1/traces",
+        }
     with _environ(overrides):
         settings = Settings()
         config = saga_config(settings)
@@ -178,6 +195,7 @@ async def _phase(
                 "invariants_ok": result.ok,
                 "replicas": layout.replicas,
                 "partitions": layout.partitions,
+                "tracing": layout.tracing,
             }
             say(
                 f"{layout.label}: {sustained['sagas_per_s']} sagas/s over {sustained['seconds']} s,"
@@ -195,6 +213,9 @@ async def _phase(
         finally:
             await pool.close()
             platform.stop()
+            await sink.stop()
+    if layout.tracing:
+        sustained["otlp_exports"] = {"requests": sink.requests, "bytes": sink.bytes}
     return {"sustained": sustained, "latency": points}
 
 

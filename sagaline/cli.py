@@ -7,6 +7,7 @@ import os
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from producers import failpoints
 from producers.errors import Unreachable
@@ -25,7 +26,7 @@ from sagaline.commands import (
     worker,
 )
 from sagaline.console import err, safe
-from sagaline.settings import Settings
+from sagaline.settings import Settings, describe_invalid
 
 app = typer.Typer(
     name="sagaline",
@@ -85,6 +86,9 @@ def main() -> None:
     except Unreachable as exc:
         _error(str(exc))
         sys.exit(1)
+    except ValidationError as exc:  # a setting from the environment: named, its value never shown
+        _error(describe_invalid(exc))
+        sys.exit(2)
     except Exception as exc:
         if os.environ.get("SAGALINE_DEBUG"):
             raise

@@ -88,6 +88,20 @@ class Platform:
                 stdin=subprocess.DEVNULL,
             )
 
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def stop_child(self, name: str, deadline_s: float = 30.0) -> int:
+        """SIGTERM one child and wait for it (it stays down: `supervise` would restart it)."""
+        child = self.child(name)
+        child.process.send_signal(signal.SIGTERM)
+        return child.process.wait(timeout=deadline_s)
+
+    def start_child(self, name: str) -> None:
+        """Start a stopped child again on its port."""
+        child = self.child(name)
+        child.process = self._spawn(child.service, child.port, child.log)
+
     def supervise(self) -> list[str]:
         """Restart children that exited, each after its backoff; returns what happened, one
         line per event. RuntimeError when a child exits too often to keep restarting."""

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from consumers import logcontext
 from consumers.diagnostics import bounded
@@ -109,7 +110,11 @@ def configure_tracing(settings: Settings, service: str) -> Callable[[], None]:
     if settings.traces_exporter == "none":
         return lambda: None
     name = f"{settings.service_name}-{service}"
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": name}),
+        # a trace begun upstream keeps its sampling decision; one begun here is kept at the ratio
+        sampler=ParentBased(TraceIdRatioBased(settings.traces_sample_ratio)),
+    )
     provider.add_span_processor(BatchSpanProcessor(_exporter(settings.traces_exporter)))
     trace.set_tracer_provider(provider)
     return provider.shutdown

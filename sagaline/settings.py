@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from producers.connection import KafkaConnection
@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted SAGALINE_KAFKA_SSL_KEYFILE."
+    )
     kafka_client_id: str = "sagaline"
 
     # --- PostgreSQL ------------------------------------------------------------------
@@ -81,6 +84,13 @@ class Settings(BaseSettings):
         description="Where spans go: nowhere (trace context still propagates), OTLP over HTTP "
         "(endpoint from OTEL_EXPORTER_OTLP_ENDPOINT), or the console (stderr).",
     )
+    traces_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of traces begun in this process that are recorded (parent-based: a trace "
+        "begun upstream keeps the sampling decision its traceparent carries).",
+    )
 
     failpoints: str = Field(
         default="",
@@ -110,6 +120,50 @@ class Settings(BaseSettings):
     retry_delays_s: Annotated[tuple[float, ...], NoDecode] = Field(
         default=(1.0, 10.0, 60.0), min_length=1, description="Delays of the retry lanes, e.g. `1,10,60`."
     )
+
+    @model_validator(mode="after")
+    def _kafka_security_cannot_fail_open(self) -> Settings:
+        """A credential or a TLS file that the protocol would not use is a mistake, not a
+        default: a client that silently connects in PLAINTEXT is the failure this prevents.
+        Errors name the settings, never their values."""
+        protocol = self.kafka_security_protocol
+        sasl: dict[str, object] = {
+            "SAGALINE_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "SAGALINE_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "SAGALINE_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        tls: dict[str, object] = {
+            "SAGALINE_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "SAGALINE_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "SAGALINE_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+            "SAGALINE_KAFKA_SSL_KEY_PASSWORD": self.kafka_ssl_key_password,
+        }
+        if not protocol.startswith("SASL_"):
+            for name, value in sasl.items():
+                if value is not None:
+                    raise ValueError(
+                        f"{name} is set but SAGALINE_KAFKA_SECURITY_PROTOCOL is {protocol}, which"
+                        " sends no credentials: set the protocol to SASL_SSL, or unset it"
+                    )
+        else:
+            for name in ("SAGALINE_KAFKA_SASL_USERNAME", "SAGALINE_KAFKA_SASL_PASSWORD"):
+                if sasl[name] is None:
+                    raise ValueError(f"SAGALINE_KAFKA_SECURITY_PROTOCOL is {protocol} but {name} is not set")
+        if protocol not in ("SSL", "SASL_SSL"):
+            for name, value in tls.items():
+                if value is not None:
+                    raise ValueError(
+                        f"{name} is set but SAGALINE_KAFKA_SECURITY_PROTOCOL is {protocol}, which"
+                        " does not use TLS: set the protocol to SSL or SASL_SSL, or unset it"
+                    )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("SAGALINE_KAFKA_SSL_KEYFILE is set without SAGALINE_KAFKA_SSL_CERTFILE")
+        if self.kafka_ssl_key_password and not self.kafka_ssl_certfile:
+            raise ValueError("SAGALINE_KAFKA_SSL_KEY_PASSWORD is set without SAGALINE_KAFKA_SSL_CERTFILE")
+        for name, path in tls.items():
+            if isinstance(path, Path) and not path.is_file():
+                raise ValueError(f"{name} names a file that does not exist or cannot be read")
+        return self
 
     @field_validator("retry_delays_s", mode="before")
     @classmethod
@@ -183,4 +237,18 @@ class Settings(BaseSettings):
             ssl_cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
             ssl_certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
             ssl_keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            ssl_key_password=(
+                self.kafka_ssl_key_password.get_secret_value() if self.kafka_ssl_key_password else None
+            ),
         )
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """A settings error in one line: each problem with the environment variable it is about,
+    never the value given (it may be a secret)."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"SAGALINE_{field.upper()}: {message}" if field else message)
+    return "invalid settings: " + "; ".join(problems)

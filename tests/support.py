@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -109,3 +110,21 @@ async def wait_consumed(kafka: KafkaConnection, group: str, topic: str, timeout_
     finally:
         await consumer.stop()
         await admin.close()
+
+
+def free_port_block(size: int) -> int:
+    """A base port whose next `size` ports were free a moment ago."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base: int = probe.getsockname()[1]
+        if base + size > 65535:
+            continue
+        try:
+            for port in range(base + 1, base + size + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports")

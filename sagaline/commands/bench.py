@@ -28,6 +28,11 @@ def bench(
     ceilings: bool = typer.Option(
         True, "--ceilings/--no-ceilings", help="Measure Kafka's and PostgreSQL's ceilings first."
     ),
+    tracing: bool = typer.Option(
+        True,
+        "--tracing/--no-tracing",
+        help="Also run the sustained phase with every span exported (100%) to a local OTLP receiver.",
+    ),
     report: Path | None = typer.Option(
         None, "--report", help="Also append the tables (Markdown) to this file, e.g. docs/benchmarks.md."
     ),
@@ -35,13 +40,14 @@ def bench(
 ) -> None:
     """Measure the whole platform on this machine: sustained sagas/s and where its CPU goes
     (per process), SQL statements, transactions and Kafka records per saga, open-loop latency
-    at 25/50/75% of the sustained rate and at 10 orders/s, scaling to 2 processes and to
-    twice the partitions. Starts the local stack when nothing is configured; runs on fresh
-    topics and schemas. Exit 1 if any run breaks an invariant. Takes about 8 minutes."""
+    at 25/50/75% of the sustained rate and at 10 orders/s, with tracing on (every span
+    exported) against off, scaling to 2 processes and to twice the partitions. Starts the
+    local stack when nothing is configured; runs on fresh topics and schemas. Exit 1 if any
+    run breaks an invariant. Takes about 10 minutes."""
     settings = Settings()
     configure_logging("WARNING")
     options = BenchOptions(
-        seconds=seconds, latency_seconds=latency_seconds, scaling=scaling, ceilings=ceilings
+        seconds=seconds, latency_seconds=latency_seconds, scaling=scaling, ceilings=ceilings, tracing=tracing
     )
 
     def say(line: str) -> None:
@@ -96,7 +102,7 @@ def _tables(result: dict[str, Any]) -> list[Table]:
 
 def _sustained_cells(row: dict[str, Any]) -> list[str]:
     return [
-        f"{row['replicas']} x {row['partitions']} partitions",
+        f"{row['replicas']} x {row['partitions']} partitions{', tracing on' if row.get('tracing') else ''}",
         str(row["sagas_per_s"]),
         str(row.get("ratio_to_first")),
         f"{row['cpu_ms_per_saga_total']} ({_by_process(row['cpu_ms_per_saga'])})",

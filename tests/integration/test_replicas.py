@@ -3,7 +3,6 @@ each is assigned partitions — and the saga completes with the invariants intac
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,26 +14,9 @@ from sagaline.demo import DemoOptions, run_demo
 from sagaline.platform import Platform
 from sagaline.settings import Settings
 from sagas.config import SERVICES
+from tests.support import free_port_block
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
-
-
-def _free_port_block(size: int) -> int:
-    """A base port whose next `size` ports were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size > 65535:
-            continue
-        try:
-            for port in range(base + 1, base + size + 1):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free block of ports")
 
 
 async def test_two_processes_per_service_share_the_work(
@@ -52,7 +34,7 @@ async def test_two_processes_per_service_share_the_work(
     config = saga_config(settings)
     await ensure_topics(kafka, config.topics.specs())
     ends = Endpoints(kafka, postgres_dsn, local=False)
-    platform = Platform(ends, tmp_path, _free_port_block(10), services=SERVICES, replicas=2)
+    platform = Platform(ends, tmp_path, free_port_block(10), services=SERVICES, replicas=2)
     platform.start()
     pool = await create_pool(settings, postgres_dsn)
     try:

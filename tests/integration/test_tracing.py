@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from producers.connection import KafkaConnection
 from sagaline.runtime import JsonFormatter
@@ -95,9 +96,25 @@ async def test_one_trace_follows_an_order_through_every_service(
     trace_id = root.get_span_context().trace_id
     assert {s.context.trace_id for s in recorded if s.context} == {trace_id}
 
-    [send] = [s for s in recorded if s.kind is SpanKind.PRODUCER]
-    assert _parent(send) == root.get_span_context().span_id
+    upstream = root.get_span_context().span_id
+    [send] = [s for s in recorded if s.kind is SpanKind.PRODUCER and _parent(s) == upstream]
     processed = [s for s in recorded if s.kind is SpanKind.CONSUMER]
+    # the relays' sends: each in the trace, under and linked to the processing that staged its
+    # event, with the time the event waited in the outbox
+    relayed = [s for s in recorded if s.kind is SpanKind.PRODUCER and s is not send]
+    by_id = {_id(s): s for s in processed}
+    assert {(s.attributes or {})["messaging.destination.name"] for s in relayed} == {
+        saga.config.topics.orders,
+        saga.config.topics.payments,
+        saga.config.topics.inventory,
+    }
+    for span in relayed:
+        staged_by = by_id[_parent(span)]
+        assert [link.context.span_id for link in span.links] == [_id(staged_by)]
+        delay = (span.attributes or {})["sagaline.outbox.delay_ms"]
+        assert isinstance(delay, float)
+        assert delay >= 0
+        assert (span.start_time or 0) >= (staged_by.start_time or 0)
     assert {_group(s) for s in processed} == {
         saga.config.group(service) for service in ("order", "payment", "inventory", "tracker")
     }
@@ -112,6 +129,21 @@ async def test_one_trace_follows_an_order_through_every_service(
     assert _parent(charged) == _id(accepted)
     [reserved] = _processing(processed, PaymentCompleted, saga.config.group("inventory"))
     assert _parent(reserved) == _id(charged)
+
+    # the saga's duration, in OpenMetrics, carries the trace id as an exemplar
+    async def ended() -> bool:
+        count = "sagaline_saga_duration_seconds_count"
+        return bool(saga.registries["tracker"].get_sample_value(count, {"status": "CONFIRMED"}))
+
+    await wait_until(ended)
+    exposition = openmetrics.generate_latest(saga.registries["tracker"]).decode()  # type: ignore[no-untyped-call]
+    exemplars = [
+        line
+        for line in exposition.splitlines()
+        if line.startswith("sagaline_saga_duration_seconds_bucket") and " # " in line
+    ]
+    assert exemplars
+    assert all(f'trace_id="{trace_id:032x}"' in line for line in exemplars)
 
 
 async def test_log_lines_about_a_message_are_json_with_its_span_saga_and_coordinates(
