@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 def ddl(schema: str) -> str:
     table = qualified(schema, "inbox")
     return f"""
-    CREATE SCHEMA IF NOT EXISTS "{schema}";
     CREATE TABLE IF NOT EXISTS {table} (
         consumer_group text        NOT NULL,
         event_id       text        NOT NULL,

@@ -39,10 +39,20 @@ async def lock_schema(conn: DbConnection, schema: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(f"migrate:{schema}".encode()) - 2**31)
 
 
+async def ensure_schema(conn: DbConnection, schema: str) -> None:
+    """Create `schema` unless it exists. Not `CREATE SCHEMA IF NOT EXISTS`: PostgreSQL checks
+    the database's CREATE privilege before it looks, and a service running as the role that
+    owns its schema (docs/operations.md, least privilege) has no such privilege."""
+    if await conn.fetchval("SELECT to_regnamespace($1) IS NULL", f'"{schema}"'):
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+
+
 async def install(conn: DbConnection, schema: str, ddl: str) -> None:
-    """Run idempotent DDL (`CREATE ... IF NOT EXISTS`) under the schema's DDL lock."""
+    """Run idempotent DDL (`CREATE ... IF NOT EXISTS`) in `schema`, creating it if needed,
+    under the schema's DDL lock."""
     async with conn.transaction():
         await lock_schema(conn, schema)
+        await ensure_schema(conn, schema)
         await conn.execute(ddl)
 
 
@@ -52,7 +62,7 @@ async def migrate(conn: DbConnection, schema: str, migrations: list[Migration]) 
     applied_now: list[int] = []
     async with conn.transaction():
         await lock_schema(conn, schema)
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await ensure_schema(conn, schema)
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {table} (version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"

@@ -29,7 +29,6 @@ NOTIFY_CHANNEL = "sagaline_outbox"
 def ddl(schema: str) -> str:
     table = qualified(schema, "outbox")
     return f"""
-    CREATE SCHEMA IF NOT EXISTS "{schema}";
     CREATE TABLE IF NOT EXISTS {table} (
         id           bigserial PRIMARY KEY,
         event_id     text        NOT NULL UNIQUE,

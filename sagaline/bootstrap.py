@@ -18,6 +18,7 @@ import asyncpg
 from dlq.indexer import Indexer, exact_pattern
 from producers.connection import KafkaConnection
 from producers.errors import Unreachable
+from sagaline import pgroles
 from sagaline.localstack.stack import LocalStack
 from sagaline.settings import Settings
 from sagas.config import SERVICES, SagaConfig
@@ -84,10 +85,30 @@ async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIME
         await closing
 
 
-async def create_pool(settings: Settings, dsn: str, application_name: str = "sagaline") -> asyncpg.Pool[Any]:
+def role_credentials(settings: Settings, who: str | None) -> dict[str, str]:
+    """The user and password `who` (a service, `dlq` or `reader`) connects with under least
+    privilege (SAGALINE_POSTGRES_ROLE_PASSWORDS_DIR set); nothing (the DSN's own) otherwise."""
+    directory = settings.postgres_role_passwords_dir
+    if directory is None or who is None:
+        return {}
+    role = pgroles.role_name(saga_config(settings), who)
+    try:
+        return {"user": role, "password": pgroles.read_password(directory, role)}
+    except FileNotFoundError:
+        raise ValueError(
+            f"no password file for PostgreSQL role {role} in SAGALINE_POSTGRES_ROLE_PASSWORDS_DIR"
+            " (run `sagaline db roles`)"
+        ) from None
+
+
+async def create_pool(
+    settings: Settings, dsn: str, application_name: str = "sagaline", *, role: str | None = None
+) -> asyncpg.Pool[Any]:
     """A connection pool whose sessions PostgreSQL shows as `application_name` (operators
     find a service's sessions in pg_stat_activity); `Unreachable` (naming host and port,
-    never credentials) when PostgreSQL does not answer."""
+    never credentials) when PostgreSQL does not answer. `role`: whose least-privilege
+    credentials to use, when they are configured (`role_credentials`)."""
+    credentials = role_credentials(settings, role)
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -95,6 +116,8 @@ async def create_pool(settings: Settings, dsn: str, application_name: str = "sag
             max_size=settings.postgres_pool_max,
             server_settings={"application_name": application_name},
             reset=_keep_session,
+            user=credentials.get("user"),  # None: the DSN's
+            password=credentials.get("password"),
         )
     except (OSError, asyncpg.CannotConnectNowError) as exc:
         raise Unreachable(

@@ -13,6 +13,7 @@ from producers import failpoints
 from producers.errors import Unreachable
 from sagaline.commands import (
     bench,
+    db,
     demo,
     dev,
     dlq,
@@ -48,6 +49,7 @@ app.command("bench")(bench.bench)
 app.add_typer(saga.app, name="saga")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")
+app.add_typer(db.app, name="db")
 
 
 def _click_error(name: str) -> type[Exception]:

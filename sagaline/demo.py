@@ -120,7 +120,10 @@ async def run_demo(
     config: SagaConfig,
     options: DemoOptions,
     progress: Progress | None = None,
+    reader: asyncpg.Pool[Any] | None = None,
 ) -> DemoResult:
+    """Seed (through `pool`), publish, wait, and check the invariants — through `reader`
+    when given (a read-only role: the check needs no right to write)."""
     run_id = uuid.uuid4().hex[:6]
     orders, accounts, stock, cancels = _plan(options, run_id)
     async with pool.acquire() as conn:
@@ -176,7 +179,7 @@ async def run_demo(
         for r in rows
         if r["terminal_at"] is not None and r["order_id"] in published_at
     )
-    async with pool.acquire() as conn:
+    async with (reader or pool).acquire() as conn:
         report = await invariants.check(conn, config, order_ids)
     return DemoResult(
         run_id=run_id,

@@ -44,7 +44,9 @@ async def serve(
     """Run one service until `stop`. `registry`: where its metrics go (default: a new process
     registry); a caller that runs several services in one process passes one per service."""
     ends = await endpoints(settings, start_local=False)
-    pool = await create_pool(settings, ends.postgres_dsn, application_name=f"sagaline-{spec.name}")
+    pool = await create_pool(
+        settings, ends.postgres_dsn, application_name=f"sagaline-{spec.name}", role=spec.name
+    )
     registry = registry or process_registry(spec.name)
     try:
         async with pool.acquire() as conn:

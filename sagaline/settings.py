@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     )
     postgres_pool_min: int = Field(default=1, ge=0)
     postgres_pool_max: int = Field(default=10, ge=1)
+    postgres_role_passwords_dir: Path | None = Field(
+        default=None,
+        description="Least privilege: a folder with one password file per role (`sagaline db roles` "
+        "writes missing ones). Set, every service connects as its own role, the DLQ tooling as "
+        "the dlq role and the demo's invariant check as the read-only role; "
+        "SAGALINE_POSTGRES_DSN then names the admin, used only by admin steps.",
+    )
 
     # --- Service / operations --------------------------------------------------------
     service_name: str = Field(

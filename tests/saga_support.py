@@ -4,6 +4,7 @@ prefix (topics, schemas, groups), so each test has a private deployment."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -63,6 +64,7 @@ class SagaPlatform:
         self.pool: asyncpg.Pool[Any] | None = None
         self._running: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self.registries: dict[str, CollectorRegistry] = {}  # each service's metrics, as last started
+        self.role_passwords_dir: Path | None = None
 
     async def setup(self, accounts: list[tuple[str, int]], stock: list[tuple[str, int]]) -> None:
         await ensure_topics(self.kafka, self.config.topics.specs())
@@ -74,12 +76,14 @@ class SagaPlatform:
             await seed.add_stock(conn, self.config, stock)
 
     def settings(self) -> Settings:
-        return Settings.from_environ(
-            {
-                "SAGALINE_KAFKA_BOOTSTRAP": self.kafka.bootstrap_servers,
-                "SAGALINE_POSTGRES_DSN": self.postgres_dsn,
-            }
-        )
+        environ = {
+            "SAGALINE_KAFKA_BOOTSTRAP": self.kafka.bootstrap_servers,
+            "SAGALINE_POSTGRES_DSN": self.postgres_dsn,
+            "SAGALINE_SAGA_PREFIX": self.config.prefix,
+        }
+        if self.role_passwords_dir is not None:  # least privilege: each service as its own role
+            environ["SAGALINE_POSTGRES_ROLE_PASSWORDS_DIR"] = str(self.role_passwords_dir)
+        return Settings.from_environ(environ)
 
     async def start(self, *services: str) -> None:
         for name in services or tuple(SPECS):

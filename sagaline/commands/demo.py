@@ -85,6 +85,9 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
         platform = Platform(ends, settings.state_dir / "logs", settings.metrics_port)
         platform.start()
     pool = await create_pool(settings, ends.postgres_dsn)
+    # least privilege configured: the invariant check runs as the read-only role
+    least_privilege = settings.postgres_role_passwords_dir is not None
+    reader = await create_pool(settings, ends.postgres_dsn, role="reader") if least_privilege else None
     try:
         if platform:
             with out.status("starting order, payment, inventory and tracker...") if not quiet else _nothing():
@@ -104,9 +107,12 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
                 config,
                 options,
                 progress=lambda done, total: bar.update(task, completed=done),
+                reader=reader,
             )
     finally:
         await pool.close()
+        if reader:
+            await reader.close()
         if platform:
             platform.stop(settings.shutdown_deadline_s + 10)
 

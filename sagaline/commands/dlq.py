@@ -92,7 +92,7 @@ JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 async def _with_pool(settings: Settings, work: Any) -> Any:
     ends = await endpoints(settings, start_local=False)
-    pool = await create_pool(settings, ends.postgres_dsn)
+    pool = await create_pool(settings, ends.postgres_dsn, role="dlq")
     try:
         async with pool.acquire() as conn:
             await store.install(conn, saga_config(settings).schema("dlq"))
@@ -130,7 +130,7 @@ def index(
     async def run() -> None:
         stop = stop_event_on_signals()
         ends = await endpoints(settings, start_local=False)
-        pool = await create_pool(settings, ends.postgres_dsn)
+        pool = await create_pool(settings, ends.postgres_dsn, role="dlq")
         schema = saga_config(settings).schema("dlq")
         registry = process_registry("dlq")
         indexed = Gauge("sagaline_dlq_indexed", "Dead letters indexed by this process.", registry=registry)
