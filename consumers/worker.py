@@ -46,6 +46,10 @@ class WorkerOptions:
     max_records: int = 500
     fetch_timeout_ms: int = 500
     commit_interval_s: float = 0.0  # longest applied offsets wait to be committed (0: every unit)
+    # a fetch returns once this much is there, or after `fetch_max_wait_ms`: 1 byte reacts to
+    # every record (a saga step); more lets records pile up into fewer, larger units of work
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 500
     failure_backoff_s: float = 1.0
     sensitive_fields: tuple[str, ...] = ()  # masked in dead-letter diagnostics and logs
     log_limit: int = 1000  # characters of exception text in one log line
@@ -105,6 +109,8 @@ class Worker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.options.max_records,
+            fetch_min_bytes=self.options.fetch_min_bytes,
+            fetch_max_wait_ms=self.options.fetch_max_wait_ms,
         )
         consumer.subscribe([*self.options.topics, *self.lanes.retry_topics], listener=_Rebalance(self))
         await consumer.start()

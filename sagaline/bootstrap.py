@@ -169,6 +169,7 @@ def saga_config(settings: Settings) -> SagaConfig:
         stock_timeout_s=settings.stock_timeout_s,
         retry_delays_s=settings.retry_delays_s,
         stuck_after_s=settings.saga_stuck_after_s,
+        tracker_batch_wait_ms=settings.tracker_batch_wait_ms,
     )
 
 

@@ -34,6 +34,9 @@ from sagaline.settings import Settings
 log = logging.getLogger(__name__)
 
 
+BATCH_BYTES = 256 * 1024  # what a waiting fetch (WorkerSpec.batch_wait_ms) collects at most
+
+
 async def serve(
     settings: Settings,
     spec: WorkerSpec,
@@ -76,6 +79,11 @@ async def serve(
                     topics=spec.subscribe,
                     max_records=settings.worker_max_records,
                     commit_interval_s=settings.worker_commit_interval_s,
+                    **(
+                        {"fetch_min_bytes": BATCH_BYTES, "fetch_max_wait_ms": spec.batch_wait_ms}
+                        if spec.batch_wait_ms
+                        else {}
+                    ),
                     sensitive_fields=settings.redact_fields,
                 ),
                 ConsumerMetrics(registry),

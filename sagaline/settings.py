@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     topic_replication: int = Field(default=3, ge=1, le=5)
     payment_timeout_s: float = Field(default=30.0, gt=0)
     stock_timeout_s: float = Field(default=30.0, gt=0)
+    tracker_batch_wait_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5000,
+        description="How long the tracker's fetches wait for records to pile up (0: none): its "
+        "projection trails the saga by up to this much, and costs far less at low load.",
+    )
     saga_stuck_after_s: float = Field(
         default=300.0,
         gt=0,

@@ -194,6 +194,7 @@ def spec(config: SagaConfig) -> WorkerSpec:
         subscribe=(topics.ingress, topics.orders, topics.payments, topics.inventory),
         build_handlers=build_handlers,
         run_relay=False,
+        batch_wait_ms=config.tracker_batch_wait_ms,
         background=(gauge_loop(config.schema("tracker"), OPEN_STEPS, config.stuck_after_s),),
     )
 
