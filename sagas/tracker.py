@@ -77,7 +77,8 @@ def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
     """The saga after one more event. Events of different topics arrive in any order: a
     status only ever moves forward. A rejection ends only a saga that never started: an
     OrderRejected for a request that reused an existing order's id is about that request, not
-    about the order. The step follows the latest event until the saga is terminal."""
+    about the order. The step, the reason and the last event follow the latest event by its
+    time (not by arrival) until the saga is terminal; an ended saga's reason is final."""
     message = envelope.data
     status, step = TRANSITIONS[type(message)]
     if isinstance(message, m.PaymentCompleted):
@@ -91,17 +92,24 @@ def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
         and STATUS_ORDER.index(status) > STATUS_ORDER.index(row.status)
         and (status != "REJECTED" or row.status == "REQUESTED")
     )
-    moves = applies or (row.status not in TERMINAL_STATUSES and status != "REJECTED")
+    latest = at >= row.updated_at  # events of different topics may arrive out of time order
+    open_before = row.status not in TERMINAL_STATUSES
+    ends = applies and status in TERMINAL_STATUSES
+    moves = ends or (open_before and status != "REJECTED" and latest)
+    if applies:  # a status change brings its reason, if it has one
+        new_reason = reason if reason is not None else row.reason
+    elif open_before and status != "REJECTED" and latest and reason is not None:
+        new_reason = reason  # an open saga shows its latest event's reason
+    else:
+        new_reason = row.reason  # an ended saga's reason is final
     return replace(
         row,
         status=status if applies and status else row.status,
         step=step if moves else row.step,
-        reason=row.reason
-        if status == "REJECTED" and not applies
-        else (reason if reason is not None else row.reason),
+        reason=new_reason,
         started_at=min(row.started_at, at),
         updated_at=max(row.updated_at, at),
-        last_event=last,
+        last_event=last if latest else row.last_event,
     )
 
 
@@ -160,9 +168,11 @@ async def record(contexts: list[HandlerContext], metrics: SagaMetrics | None = N
             " WHERE order_id = ANY($1::text[]) ORDER BY order_id, occurred_at, event_id",
             sorted(ended),
         )
+        timelines: dict[str, list[tuple[str, datetime]]] = {}
+        for row in steps:
+            timelines.setdefault(row["order_id"], []).append((row["type"], row["occurred_at"]))
         for order_id, ctx in ended.items():
-            timeline_of = [(row["type"], row["occurred_at"]) for row in steps if row["order_id"] == order_id]
-            ctx.after_commit.append(_observe(metrics, state[order_id], timeline_of, ctx))
+            ctx.after_commit.append(_observe(metrics, state[order_id], timelines.get(order_id, []), ctx))
 
 
 def _observe(

@@ -79,3 +79,44 @@ def test_a_rejection_ends_a_saga_that_never_started() -> None:
     )
     row = _fold_all([rejected])[-1]
     assert (row.status, row.step, row.reason) == ("REJECTED", "done", "order id reused")
+
+
+def compensated_saga() -> list[Envelope[m.Message]]:
+    """Charged, then out of stock: refunded and cancelled, in the order it happens."""
+    confirmed = confirmed_saga()
+    messages: list[m.Message] = [
+        confirmed[0].data,
+        confirmed[1].data,
+        m.StockRejected(order_id="o-1", reason="not enough mug", missing=LINES),
+        m.PaymentRefunded(order_id="o-1", payment_id="o-1:charge", amount=EUR, reason="out of stock"),
+        m.OrderCancelled(order_id="o-1", reason="out_of_stock"),
+    ]
+    return [_envelope(message, n) for n, message in enumerate(messages)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(compensated_saga()))
+def test_any_arrival_order_ends_cancelled_with_the_cancellation_reason(
+    envelopes: list[Envelope[m.Message]],
+) -> None:
+    """An event that arrives after the terminal one (another topic, a later batch) cannot
+    replace the saga's reason, step or last event."""
+    final = _fold_all(envelopes)[-1]
+    assert (final.status, final.step, final.reason, final.last_event) == (
+        "CANCELLED",
+        "done",
+        "out_of_stock",
+        "OrderCancelled",
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=1, max_value=3).flatmap(lambda n: st.permutations(confirmed_saga()[:n])))
+def test_an_open_saga_shows_the_step_of_its_latest_event_whatever_the_arrival_order(
+    envelopes: list[Envelope[m.Message]],
+) -> None:
+    final = _fold_all(envelopes)[-1]
+    latest = max(envelopes, key=lambda e: e.time)
+    in_order = _fold_all(sorted(envelopes, key=lambda e: e.time))[-1]
+    assert final.last_event == type(latest.data).__name__
+    assert (final.step, final.reason, final.status) == (in_order.step, in_order.reason, in_order.status)

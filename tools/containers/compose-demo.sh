@@ -46,11 +46,26 @@ while True:
         health = {t["labels"]["instance"]: t["health"] for t in targets}
     except OSError as exc:  # Prometheus still starting
         health = {"prometheus": repr(exc)}
-    if len(health) == 4 and set(health.values()) == {"up"}:
+    if len(health) == 5 and set(health.values()) == {"up"}:
         print("  all up:", ", ".join(sorted(health)))
         break
     if time.monotonic() > deadline:
         raise SystemExit(f"prometheus targets not all up: {health}")
+    time.sleep(2)
+PY
+step "prometheus rules"
+python3 - <<'PY'
+import json, time, urllib.request
+deadline = time.monotonic() + 30
+while True:  # deploy/alerts.yml, mounted by compose.yaml, loaded and evaluated without error
+    with urllib.request.urlopen("http://127.0.0.1:9090/api/v1/rules", timeout=5) as reply:
+        rules = [r for g in json.load(reply)["data"]["groups"] for r in g["rules"]]
+    health = {r["name"]: r["health"] for r in rules if r["type"] == "alerting"}
+    if len(health) == 8 and set(health.values()) == {"ok"}:
+        print("  loaded and evaluated:", ", ".join(sorted(health)))
+        break
+    if time.monotonic() > deadline:
+        raise SystemExit(f"the alert rules are not all loaded and healthy: {health}")
     time.sleep(2)
 PY
 step "down"
