@@ -128,3 +128,14 @@ def free_port_block(size: int) -> int:
             continue
         return base
     raise RuntimeError("no free block of ports")
+
+
+async def committed(kafka: KafkaConnection, group: str, topic: str) -> int:
+    """Records of `topic` that `group` has committed, over all its partitions."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
 from consumers import inbox
@@ -19,7 +18,7 @@ from consumers.worker import Worker, WorkerOptions
 from producers import outbox
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
-from tests.support import wait_until
+from tests.support import committed, wait_until
 from tests.worker_support import LedgerService, placed
 from tests.workers import ledger
 
@@ -61,17 +60,6 @@ async def running(
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=60)
-
-
-async def committed(kafka: KafkaConnection, group: str, topic: str) -> int:
-    """Records of `topic` that `group` has committed, over all partitions."""
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ def _env(saga: SagaPlatform) -> dict[str, str]:
         "SAGALINE_TOPIC_PARTITIONS": "3",
         "SAGALINE_TOPIC_REPLICATION": "1",
         "SAGALINE_RETRY_DELAYS_S": "0.5,1,2",
+        # small units of work, so 300 orders take many steps and the kill lands mid-stream:
+        # at the default (500) one unit can take a whole burst from 20 confirmed to 300
+        "SAGALINE_WORKER_MAX_RECORDS": "10",
     }
 
 

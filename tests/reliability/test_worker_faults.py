@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from producers.connection import KafkaConnection
 from tests.processes import CliProcess
-from tests.support import wait_until
+from tests.support import committed, wait_until
 from tests.worker_support import LedgerService, placed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -34,16 +33,6 @@ async def _applied_exactly_once(service: LedgerService, orders: int) -> None:
     assert await service.scalar("SELECT count(DISTINCT order_id) FROM {s}.ledger") == orders
     assert await service.scalar("SELECT count(*) FROM {s}.outbox") == orders
     assert await service.scalar("SELECT count(*) FROM {s}.inbox") == orders
-
-
-async def _committed(kafka: KafkaConnection, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
 
 
 async def test_sigkill_mid_batch_then_restart_applies_every_message_exactly_once(
@@ -97,7 +86,7 @@ async def test_sigterm_exits_cleanly_and_committed_offsets_equal_processed_messa
     assert worker.terminate(timeout_s=25) == 0, worker.output()
     applied = await service.ledger_rows()
     assert 0 < applied < orders
-    assert await _committed(kafka, service.group, service.topic) == applied
+    assert await committed(kafka, service.group, service.topic) == applied
     assert "stopped cleanly" in worker.output()
 
     again = _worker(service, tmp_path / "w2.log")
@@ -108,7 +97,7 @@ async def test_sigterm_exits_cleanly_and_committed_offsets_equal_processed_messa
     await wait_until(all_applied, timeout_s=120)
     assert again.terminate() == 0
     await _applied_exactly_once(service, orders)
-    assert await _committed(kafka, service.group, service.topic) == orders
+    assert await committed(kafka, service.group, service.topic) == orders
 
 
 async def test_two_workers_with_rebalances_mid_load_lose_nothing_and_apply_nothing_twice(
