@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo platform test test-containers compose-demo unit fix lint up down status chaos bench clean
+.PHONY: demo demo-secure platform test test-containers compose-demo unit fix lint up down status chaos bench clean
 
 $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 	@tools/system-deps.sh
@@ -19,6 +19,16 @@ $(STAMP): pyproject.toml tools/asyncapi/package-lock.json
 ORDERS ?= 1000
 demo: $(STAMP)
 	$(BIN)/sagaline demo --orders $(ORDERS)
+
+## demo-secure: the demo under least privilege on its own stack: Kafka over SASL_SSL with ACLs,
+## PostgreSQL over TLS, every service as its own Kafka user and PostgreSQL role
+SECURE_ENV := SAGALINE_STATE_DIR=.sagaline/secure SAGALINE_LOCAL_KAFKA_PORT=19192 \
+	SAGALINE_LOCAL_POSTGRES_PORT=15532 SAGALINE_METRICS_PORT=9500 \
+	SAGALINE_POSTGRES_ROLE_PASSWORDS_DIR=.sagaline/secure/secure/pg-passwords
+demo-secure: $(STAMP)
+	$(SECURE_ENV) $(BIN)/sagaline dev up --secure
+	$(SECURE_ENV) $(BIN)/sagaline db roles
+	$(SECURE_ENV) $(BIN)/sagaline demo --orders $(ORDERS)
 
 ## platform: run every service until Ctrl-C (`sagaline up`)
 platform: $(STAMP)

@@ -92,15 +92,20 @@ class Worker:
         return self.running and self._consumer is not None and bool(self._consumer.assignment())
 
     async def ensure_lanes(self) -> None:
-        """Create the group's retry and dead-letter topics, as wide as its widest source."""
+        """Create the group's retry and dead-letter topics, as wide as its widest source,
+        unless they exist: then nothing is created or checked, so a worker needs no right to
+        create topics where an admin step made them (the least-privilege deployment)."""
+        lanes = [*self.lanes.retry_topics, self.lanes.dlt]
         admin = await start_admin(self.kafka)
         try:
-            described = await admin.describe_topics(list(self.options.topics))
-            widest = max((len(d["partitions"]) for d in described), default=1)
+            described = await admin.describe_topics([*self.options.topics, *lanes])
         finally:
             await admin.close()
-        specs = [TopicSpec(name, partitions=widest) for name in [*self.lanes.retry_topics, self.lanes.dlt]]
-        await ensure_topics(self.kafka, specs)
+        partitions = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+        if all(partitions.get(lane) for lane in lanes):
+            return
+        widest = max((partitions.get(topic, 0) for topic in self.options.topics), default=0) or 1
+        await ensure_topics(self.kafka, [TopicSpec(name, partitions=widest) for name in lanes])
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(

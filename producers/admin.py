@@ -12,8 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
-from producers.connection import KafkaConnection
-from producers.errors import Unreachable
+from producers.connection import KafkaConnection, unreachable
 from schemas.topics import TopicSpec
 
 
@@ -37,7 +36,7 @@ async def start_admin(kafka: KafkaConnection) -> AIOKafkaAdminClient:
         await admin.start()
     except KafkaConnectionError as exc:
         await admin.close()
-        raise Unreachable("Kafka", kafka.bootstrap_servers, str(exc)) from None
+        raise await unreachable(kafka, exc) from None
     return admin
 
 

@@ -6,9 +6,15 @@ in the inner packages reads the environment.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
+
+from producers.errors import Unreachable
 
 
 @dataclass(frozen=True)
@@ -43,3 +49,37 @@ class KafkaConnection:
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = self.sasl_password
         return kwargs
+
+
+async def unreachable(kafka: KafkaConnection, error: Exception) -> Unreachable:
+    """Why a client could not bootstrap, in one line: aiokafka only says "Unable to
+    bootstrap", so one connection to the first bootstrap server is opened to learn whether
+    the broker is down, refused the credentials or presented an untrusted certificate.
+    Names the user, never a secret."""
+    host, _, port = kafka.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    options = {k: v for k, v in kafka.client_kwargs().items() if k != "bootstrap_servers"}
+    refused = True
+    try:
+        conn = await asyncio.wait_for(create_conn(host, int(port), **options), timeout=15)
+    except SaslAuthenticationFailed:
+        mechanism = kafka.sasl_mechanism or "SCRAM-SHA-512"
+        user = kafka.sasl_username
+        reason = f"authentication failed for user {user!r} ({mechanism}): wrong password, or no such user"
+    except ssl.SSLCertVerificationError as exc:
+        reason = f"its TLS certificate is not trusted ({exc.verify_message}); check SAGALINE_KAFKA_SSL_CAFILE"
+    except ssl.SSLError as exc:
+        reason = f"TLS handshake failed ({exc.reason or exc}); is the listener TLS, and the protocol right?"
+    except KafkaConnectionError:
+        if not kafka.ssl_certfile:
+            refused, reason = False, str(error)
+        else:  # TLS 1.3: the broker checks a client certificate after the handshake, then hangs up
+            reason = (
+                "it closed the connection after the TLS handshake: is the client certificate "
+                "(SAGALINE_KAFKA_SSL_CERTFILE) signed by a CA the broker trusts?"
+            )
+    except (OSError, TimeoutError, KafkaError, ValueError):
+        refused, reason = False, str(error)
+    else:
+        conn.close()
+        refused, reason = False, str(error)
+    return Unreachable("Kafka", kafka.bootstrap_servers, reason, refused=refused)

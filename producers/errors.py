@@ -29,10 +29,13 @@ class DeliveryError(PublishError):
 
 
 class Unreachable(ConnectionError):
-    """Kafka or PostgreSQL did not answer: says which one and where (never credentials).
-    A ConnectionError, so it is transient wherever failures are classified."""
+    """Kafka or PostgreSQL did not answer, or refused us (`refused`: credentials or TLS):
+    says which one and where (never credentials). A ConnectionError, so it is transient
+    wherever failures are classified."""
 
-    def __init__(self, service: str, address: str, reason: str) -> None:
-        super().__init__(f"{service} at {address} is unreachable: {reason}")
+    def __init__(self, service: str, address: str, reason: str, *, refused: bool = False) -> None:
+        state = "refused the connection" if refused else "is unreachable"
+        super().__init__(f"{service} at {address} {state}: {reason}")
+        self.refused = refused
         self.service = service
         self.address = address

@@ -23,7 +23,14 @@ from schemas.messages import Message
 from schemas.topics import TopicMap
 
 BUCKETS = 64
-NOTIFY_CHANNEL = "sagaline_outbox"
+
+
+def notify_channel(schema: str) -> str:
+    """The channel that wakes `schema`'s relay: one per outbox, so a commit interrupts only
+    the relay that publishes it (every listening backend processes every notification of
+    its channels in a transaction of its own, and its client wakes to read it)."""
+    channel = f"sagaline_outbox_{schema}"
+    return channel if len(channel.encode()) <= 63 else f"sagaline_outbox_{zlib.crc32(schema.encode()):08x}"
 
 
 def ddl(schema: str) -> str:
@@ -92,7 +99,7 @@ async def stage_many(
         " WITH ORDINALITY AS e(id, topic, key, value, headers, bucket, n) ORDER BY e.n)"
         " SELECT pg_notify($7, $8)",
         *columns,
-        NOTIFY_CHANNEL,
+        notify_channel(schema),
         schema,
     )
 

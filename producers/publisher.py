@@ -30,8 +30,8 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
-from producers.connection import KafkaConnection
-from producers.errors import DeliveryError, PublishValidationError, Unreachable
+from producers.connection import KafkaConnection, unreachable
+from producers.errors import DeliveryError, PublishValidationError
 from producers.tracing import current_trace_context, send_span
 from schemas.codec import Record, encode, parse_message
 from schemas.envelope import Envelope
@@ -80,6 +80,7 @@ class Publisher:
         self.source = source
         self.topics = topics or TopicMap()
         self._bootstrap = kafka.bootstrap_servers
+        self._kafka = kafka
         self._producer = AIOKafkaProducer(
             **kafka.client_kwargs(), **{**SAFE_PRODUCER_DEFAULTS, **producer_options}
         )
@@ -89,7 +90,7 @@ class Publisher:
             await self._producer.start()
         except KafkaConnectionError as exc:
             await self._producer.stop()  # release what start() opened
-            raise Unreachable("Kafka", self._bootstrap, str(exc)) from None
+            raise await unreachable(self._kafka, exc) from None
         return self
 
     async def __aexit__(

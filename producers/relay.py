@@ -1,12 +1,14 @@
 """The outbox relay: publishes staged rows in order per key, marks them after the broker's ack.
 
-A pass is one transaction: take the advisory lock of every bucket with pending rows that no
-other relay holds (so several relays share an outbox, and a key — always in one bucket — is
-only ever sent by one of them at a time), read the lowest pending ids of those buckets,
-send them all, wait for the acknowledgements, mark each bucket's acknowledged prefix
-published, commit. A constant number of statements per pass, however many buckets are
-pending. A crash before the mark re-sends those rows later under the same event id, which
-consumers drop as duplicates. Woken by LISTEN/NOTIFY, with a polling fallback.
+A relay owns buckets of the outbox: it takes a session advisory lock on every bucket with
+pending rows that no other relay holds, and keeps it while its connection lives (so several
+relays share an outbox, and a key — always in one bucket — is only ever sent by one of them).
+A pass is one statement: mark the rows the last pass got acknowledged, take the free
+buckets, read the lowest pending ids of the owned ones; then send them all and wait for the
+acknowledgements. The marks ride on the next pass, or go on their own when the relay falls
+idle. A crash before the mark re-sends those rows later under the same event ids (in id
+order, before anything newer of their keys), which consumers drop as duplicates. Woken by
+LISTEN/NOTIFY, with a polling fallback.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from producers import failpoints
 from producers.db import qualified
 from producers.errors import DeliveryError
 from producers.metrics import RelayMetrics
-from producers.outbox import NOTIFY_CHANNEL
+from producers.outbox import notify_channel
 from producers.publisher import Ack, Publisher
 from producers.tracing import relay_send_span
 from schemas.codec import Record
@@ -49,6 +51,7 @@ class RelayOptions:
 
 
 GAUGE_INTERVAL_S = 1.0
+MARK_DELAY_S = 0.2  # how long acknowledged rows wait for the next pass to mark them
 
 
 class OutboxRelay:
@@ -78,99 +81,107 @@ class OutboxRelay:
         self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
         self._wake = asyncio.Event()
         self._again = False  # the last pass left rows it could have sent: run the next at once
+        self._unmarked: list[int] = []  # acknowledged ids the next statement marks published
 
     async def publish_pending(self, *, observe: bool = True) -> int:
-        """One pass over the buckets with pending rows that no other relay holds; returns rows
-        published. `observe`: also refresh the backlog gauges (one more query)."""
-        published = await self._publish_pass()
+        """One pass on a connection of the pool, marks included, buckets released at the end;
+        returns rows published. `observe`: also refresh the backlog gauges (one more query)."""
+        async with self.pool.acquire() as conn:
+            try:
+                published = await self._publish_pass(conn)
+                await self._mark(conn)
+            finally:
+                await _release_buckets(conn)
         if observe:
             await self._observe_backlog()
         return published
 
-    async def _publish_pass(self) -> int:
-        """One transaction, whatever the number of buckets: lock every pending bucket no other
-        relay holds and read the lowest pending ids among them (for each bucket a prefix of
-        its rows, in id order), send them all, wait for the acknowledgements, mark per bucket
-        the acknowledged prefix. A bucket whose row failed stops there: its later rows go
-        again next pass, so per-key order holds; a row the broker refuses for what it is is
-        parked so that its bucket moves on."""
+    async def _publish_pass(self, conn: Any) -> int:
+        """One statement, whatever the number of buckets: mark what the last pass got
+        acknowledged, lock every pending bucket no other relay holds (a bucket this session
+        holds already is granted again), read the lowest pending ids among them (for each
+        bucket a prefix of its rows, in id order). Then send them all and wait for the
+        acknowledgements; the acknowledged prefix of each bucket is marked by the next pass.
+        A bucket whose row failed stops there: its later rows go again next pass, so per-key
+        order holds; a row the broker refuses for what it is is parked so that its bucket
+        moves on."""
         failures: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
         self._again = False
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"WITH mine AS MATERIALIZED (SELECT bucket FROM (SELECT DISTINCT bucket FROM {self.table}"
-                "   WHERE published_at IS NULL AND parked_at IS NULL) AS pending"
-                "   WHERE pg_try_advisory_xact_lock($1, bucket))"
-                f" SELECT id, bucket, event_id, topic, key, value, headers, created_at FROM {self.table}"
-                " WHERE bucket IN (SELECT bucket FROM mine) AND published_at IS NULL AND parked_at IS NULL"
-                " ORDER BY id LIMIT $2",
-                self._lock_class,
-                self.options.batch_size,
+        marks = self._unmarked
+        rows = await conn.fetch(
+            f"WITH marked AS (UPDATE {self.table} SET published_at = clock_timestamp(),"
+            "   attempts = attempts + 1 WHERE id = ANY($3::bigint[])),"
+            f" mine AS MATERIALIZED (SELECT bucket FROM (SELECT DISTINCT bucket FROM {self.table}"
+            "   WHERE published_at IS NULL AND parked_at IS NULL) AS pending"
+            "   WHERE pg_try_advisory_lock($1, bucket))"
+            f" SELECT id, bucket, event_id, topic, key, value, headers, created_at FROM {self.table}"
+            " WHERE bucket IN (SELECT bucket FROM mine) AND published_at IS NULL AND parked_at IS NULL"
+            "   AND id <> ALL($3::bigint[])"
+            " ORDER BY id LIMIT $2",
+            self._lock_class,
+            self.options.batch_size,
+            marks,
+        )
+        self._unmarked = []  # committed with the statement
+        if not rows:
+            return 0
+        self._again = len(rows) >= self.options.batch_size  # a full pass: more may wait
+        failpoints.hit("relay.before-send")
+        sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
+        unsent: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
+        spans: dict[int, Span] = {}  # row id -> its send span, when tracing records spans
+        now = datetime.now(UTC)
+        for row in rows:
+            if row["bucket"] in unsent:
+                continue  # after a refused send in its bucket: next pass
+            if failpoints.enabled("relay.drop") and zlib.crc32(row["event_id"].encode()) % 10 == 0:
+                sent.append((row, _dropped(row)))  # the defect: marked published, never sent
+                continue
+            record = _record(row)
+            delay = (now - row["created_at"]).total_seconds()
+            span = relay_send_span(
+                row["topic"], record.headers, event_id=row["event_id"], key=record.key, delay_s=delay
             )
-            if not rows:
-                return 0
-            self._again = len(rows) >= self.options.batch_size  # a full pass: more may wait
-            failpoints.hit("relay.before-send")
-            sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
-            unsent: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
-            spans: dict[int, Span] = {}  # row id -> its send span, when tracing records spans
-            now = datetime.now(UTC)
-            for row in rows:
-                if row["bucket"] in unsent:
-                    continue  # after a refused send in its bucket: next pass
-                if failpoints.enabled("relay.drop") and zlib.crc32(row["event_id"].encode()) % 10 == 0:
-                    sent.append((row, _dropped(row)))  # the defect: marked published, never sent
-                    continue
-                record = _record(row)
-                delay = (now - row["created_at"]).total_seconds()
-                span = relay_send_span(
-                    row["topic"], record.headers, event_id=row["event_id"], key=record.key, delay_s=delay
+            try:
+                sent.append((row, await self.publisher.enqueue(row["topic"], record)))
+            except DeliveryError as exc:
+                unsent[row["bucket"]] = (row, exc)
+                _end_span(span, exc)
+                continue
+            if span is not None:
+                spans[row["id"]] = span
+        results = await asyncio.gather(
+            *(Publisher.acknowledged(f, r["topic"], r["event_id"]) for r, f in sent),
+            return_exceptions=True,
+        )
+        for (row, _), result in zip(sent, results, strict=True):
+            _end_span(spans.pop(row["id"], None), result)
+        acked: list[asyncpg.Record] = []
+        acks: list[Ack] = []
+        for (row, _), result in zip(sent, results, strict=True):
+            if row["bucket"] in failures:
+                continue  # after a failure in its bucket: not marked, sent again next pass
+            if isinstance(result, BaseException):
+                failures[row["bucket"]] = (
+                    row,
+                    result
+                    if isinstance(result, DeliveryError)
+                    else DeliveryError(repr(result), outcome_unknown=True),
                 )
-                try:
-                    sent.append((row, await self.publisher.enqueue(row["topic"], record)))
-                except DeliveryError as exc:
-                    unsent[row["bucket"]] = (row, exc)
-                    _end_span(span, exc)
-                    continue
-                if span is not None:
-                    spans[row["id"]] = span
-            results = await asyncio.gather(
-                *(Publisher.acknowledged(f, r["topic"], r["event_id"]) for r, f in sent),
-                return_exceptions=True,
-            )
-            for (row, _), result in zip(sent, results, strict=True):
-                _end_span(spans.pop(row["id"], None), result)
-            acked: list[asyncpg.Record] = []
-            acks: list[Ack] = []
-            for (row, _), result in zip(sent, results, strict=True):
-                if row["bucket"] in failures:
-                    continue  # after a failure in its bucket: not marked, sent again next pass
-                if isinstance(result, BaseException):
-                    failures[row["bucket"]] = (
-                        row,
-                        result
-                        if isinstance(result, DeliveryError)
-                        else DeliveryError(repr(result), outcome_unknown=True),
-                    )
-                    continue
-                acked.append(row)
-                acks.append(result)
-            for bucket, refused in unsent.items():  # its sent rows came before it
-                failures.setdefault(bucket, refused)
-            if self.after_send is not None:
-                await self.after_send(acks)
-            failpoints.hit("relay.after-send")  # acknowledged, not yet marked published
-            if acked:
-                await conn.execute(
-                    f"UPDATE {self.table} SET published_at = clock_timestamp(), attempts = attempts + 1"
-                    " WHERE id = ANY($1::bigint[])",
-                    [row["id"] for row in acked],
-                )
-            for bucket, (row, failure) in sorted(failures.items()):
-                if failure.record_refused:
-                    await self._park(conn, row, failure)
-                    del failures[bucket]  # the rest of the bucket goes on at once
-                    self._again = True
+                continue
+            acked.append(row)
+            acks.append(result)
+        for bucket, refused in unsent.items():  # its sent rows came before it
+            failures.setdefault(bucket, refused)
+        if self.after_send is not None:
+            await self.after_send(acks)
+        failpoints.hit("relay.after-send")  # acknowledged, not yet marked published
+        self._unmarked = [row["id"] for row in acked]
+        for bucket, (row, failure) in sorted(failures.items()):
+            if failure.record_refused:
+                await self._park(conn, row, failure)
+                del failures[bucket]  # the rest of the bucket goes on at once
+                self._again = True
         self._observe_published(acked)
         for bucket, (row, failure) in sorted(failures.items()):
             if self.metrics:
@@ -183,6 +194,16 @@ class OutboxRelay:
                 row["id"],
             )
         return len(acked)
+
+    async def _mark(self, conn: Any) -> None:
+        """Mark what the last pass got acknowledged, when no pass follows to carry it."""
+        if self._unmarked:
+            await conn.execute(
+                f"UPDATE {self.table} SET published_at = clock_timestamp(), attempts = attempts + 1"
+                " WHERE id = ANY($1::bigint[])",
+                self._unmarked,
+            )
+            self._unmarked = []
 
     async def _park(self, conn: Any, row: asyncpg.Record, failure: DeliveryError) -> None:
         await conn.execute(
@@ -230,17 +251,19 @@ class OutboxRelay:
         return int(status.split()[-1])
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until `stop` is set; wakes on NOTIFY, polls as a fallback, prunes periodically."""
-        listener = await self.pool.acquire()
+        """Publish until `stop` is set; wakes on NOTIFY, polls as a fallback, prunes
+        periodically. One connection, held throughout: it listens, runs every pass and holds
+        the buckets' locks, so this relay keeps its buckets until it stops."""
+        conn = await self.pool.acquire()
         last_prune = last_observed = 0.0
-        try:  # from here on the listener goes back to the pool whatever happens
-            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        try:  # from here on the connection goes back to the pool whatever happens
+            await conn.add_listener(notify_channel(self.schema), self._on_notify)
             while not stop.is_set():
                 self._wake.clear()
+                await self._publish_pass(conn)
                 # the backlog gauges at most once a second: under load a pass runs per commit
-                observe = time.monotonic() - last_observed >= GAUGE_INTERVAL_S
-                await self.publish_pending(observe=observe)
-                if observe:
+                if time.monotonic() - last_observed >= GAUGE_INTERVAL_S:
+                    await self._observe_backlog()
                     last_observed = time.monotonic()
                 if time.monotonic() - last_prune > self.options.prune_interval_s:
                     await self.prune()
@@ -248,30 +271,46 @@ class OutboxRelay:
                 if self._again:
                     continue  # more are waiting: go again without sleeping
                 # otherwise wait: rows committed during the pass have set `_wake` (their NOTIFY
-                # comes after their commit), so no pass is run just to find nothing
-                waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
-                _, pending = await asyncio.wait(
-                    waiters, timeout=self.options.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in pending:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            await self.publish_pending()  # flush: what was staged before the stop goes out now
+                # comes after their commit), so no pass is run just to find nothing; marks wait
+                # a moment for the next pass to carry them, then go on their own
+                if not (self._unmarked and await self._wait(stop, MARK_DELAY_S)):
+                    await self._mark(conn)
+                    await self._wait(stop, self.options.poll_interval_s)
+            await self._publish_pass(conn)  # flush: what was staged before the stop goes out now
+            await self._mark(conn)
         finally:
-            await self._unlisten(listener)
+            await self._give_back(conn)
 
-    async def _unlisten(self, listener: Any) -> None:
-        """Stop listening and give the connection back; if PostgreSQL went away, the pool has
-        already taken the dead connection back and there is nothing to undo."""
-        with contextlib.suppress(asyncpg.InterfaceError):  # the connection is gone
-            await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+    async def _wait(self, stop: asyncio.Event, timeout_s: float) -> bool:
+        """Until woken by a NOTIFY or the stop, at most `timeout_s`; True if woken."""
+        if self._wake.is_set() or stop.is_set():
+            return True
+        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+        done, pending = await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return bool(done)
+
+    async def _give_back(self, conn: Any) -> None:
+        """Stop listening, let go of the buckets and give the connection back; if PostgreSQL
+        went away, the pool has already taken the dead connection back (and the server
+        released its locks): there is nothing to undo."""
+        with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+            await conn.remove_listener(notify_channel(self.schema), self._on_notify)
+            await _release_buckets(conn)
         with contextlib.suppress(asyncpg.InterfaceError):  # already back in the pool
-            await self.pool.release(listener)
+            await self.pool.release(conn)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.schema:
             self._wake.set()
+
+
+async def _release_buckets(conn: Any) -> None:
+    """Release every bucket lock this session holds (the pool's reset does not)."""
+    await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 def _end_span(span: Span | None, result: object) -> None:

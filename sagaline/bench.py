@@ -154,8 +154,7 @@ async def _phase(
         "SAGALINE_SAGA_PREFIX": f"{token}_",
         "SAGALINE_TOPIC_PREFIX": f"{token}.",
         "SAGALINE_TOPIC_PARTITIONS": str(layout.partitions),
-        "SAGALINE_KAFKA_BOOTSTRAP": ends.kafka.bootstrap_servers,
-        "SAGALINE_POSTGRES_DSN": ends.postgres_dsn,
+        **ends.environment(),
     }
     sink = OtlpSink()
     if layout.tracing:

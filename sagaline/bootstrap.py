@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from dlq.indexer import Indexer, exact_pattern
+from producers.acls import AclReport, ensure_acls
+from producers.admin import TopicReport, ensure_topics
 from producers.connection import KafkaConnection
 from producers.errors import Unreachable
-from sagaline import pgroles
+from sagaline import kafkaacls, pgroles, secretfiles
 from sagaline.localstack.stack import LocalStack
 from sagaline.settings import Settings
 from sagas.config import SERVICES, SagaConfig
@@ -31,11 +34,46 @@ POOL_CLOSE_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where Kafka and PostgreSQL are, after the embedded default is applied."""
+    """Where Kafka and PostgreSQL are, after the embedded default is applied. `kafka` is the
+    configured identity; under least privilege (`kafka_passwords_dir`) it has none, and each
+    caller connects as who it is with `kafka_as`."""
 
     kafka: KafkaConnection
     postgres_dsn: str
     local: bool
+    kafka_passwords_dir: Path | None = None
+
+    def kafka_as(self, who: str) -> KafkaConnection:
+        """How `who` — a service, `dlq` (the DLQ tooling), `upstream` (publishers) or `admin`
+        (admin steps) — reaches Kafka: as its own SCRAM user under least privilege, with the
+        one configured connection otherwise."""
+        if self.kafka_passwords_dir is None:
+            return self.kafka
+        try:
+            password = secretfiles.read_password(self.kafka_passwords_dir, who)
+        except FileNotFoundError:
+            raise ValueError(
+                f"no password file for Kafka user {who} in SAGALINE_KAFKA_PASSWORDS_DIR"
+            ) from None
+        return replace(self.kafka, sasl_username=who, sasl_password=password, client_id=f"sagaline-{who}")
+
+    def environment(self) -> dict[str, str]:
+        """The SAGALINE_* variables that point a child process at the same Kafka and
+        PostgreSQL. Kafka passwords stay in their files: only the folder is named."""
+        kafka = self.kafka
+        env = {
+            "SAGALINE_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+            "SAGALINE_POSTGRES_DSN": self.postgres_dsn,
+        }
+        if kafka.security_protocol != "PLAINTEXT":
+            env["SAGALINE_KAFKA_SECURITY_PROTOCOL"] = kafka.security_protocol
+        if kafka.sasl_mechanism:
+            env["SAGALINE_KAFKA_SASL_MECHANISM"] = kafka.sasl_mechanism
+        if kafka.ssl_cafile:
+            env["SAGALINE_KAFKA_SSL_CAFILE"] = kafka.ssl_cafile
+        if self.kafka_passwords_dir:
+            env["SAGALINE_KAFKA_PASSWORDS_DIR"] = str(self.kafka_passwords_dir)
+        return env
 
 
 def local_stack(settings: Settings) -> LocalStack:
@@ -54,7 +92,7 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
     needs_local = settings.kafka_bootstrap is None or settings.postgres_dsn is None
     if needs_local:
         if start_local:
-            await stack.up(brokers=stack.brokers())
+            await stack.up(brokers=stack.brokers(), users=kafkaacls.PRINCIPALS)
         else:
             status = await stack.status()
             if not status.ready:
@@ -64,9 +102,12 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
                     "not running, and Kafka/PostgreSQL are not configured: run `sagaline dev up` "
                     "or set SAGALINE_KAFKA_BOOTSTRAP and SAGALINE_POSTGRES_DSN",
                 )
-    bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
-    return Endpoints(kafka=settings.kafka(bootstrap), postgres_dsn=dsn, local=needs_local)
+    if settings.kafka_bootstrap is None and stack.secure():  # the local stack's secure mode
+        kafka = replace(stack.kafka_connection(), sasl_username=None, sasl_password=None)
+        return Endpoints(kafka, dsn, needs_local, kafka_passwords_dir=stack.kafka_passwords_dir)
+    bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
+    return Endpoints(settings.kafka(bootstrap), dsn, needs_local, settings.kafka_passwords_dir)
 
 
 async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIMEOUT_S) -> None:
@@ -85,6 +126,23 @@ async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIME
         await closing
 
 
+async def prepare_kafka(ends: Endpoints, config: SagaConfig) -> tuple[TopicReport, AclReport | None] | None:
+    """The admin step before services start, as the `admin` user: every topic of the
+    deployment (lanes included) and, under least privilege, every user's ACLs. Skipped (None)
+    under least privilege without the admin's password: the admins ran `topics ensure` and
+    `acls ensure` themselves."""
+    passwords = ends.kafka_passwords_dir
+    if passwords is not None and not secretfiles.password_file(passwords, kafkaacls.ADMIN).exists():
+        log.info("no Kafka admin password: topics and ACLs are left to the admin steps")
+        return None
+    admin = ends.kafka_as(kafkaacls.ADMIN)
+    topics = await ensure_topics(admin, config.topic_specs())
+    acls = None
+    if ends.kafka_passwords_dir:
+        acls = await ensure_acls(admin, kafkaacls.bindings(config), owned=kafkaacls.owned(config))
+    return topics, acls
+
+
 def role_credentials(settings: Settings, who: str | None) -> dict[str, str]:
     """The user and password `who` (a service, `dlq` or `reader`) connects with under least
     privilege (SAGALINE_POSTGRES_ROLE_PASSWORDS_DIR set); nothing (the DSN's own) otherwise."""
@@ -93,7 +151,7 @@ def role_credentials(settings: Settings, who: str | None) -> dict[str, str]:
         return {}
     role = pgroles.role_name(saga_config(settings), who)
     try:
-        return {"user": role, "password": pgroles.read_password(directory, role)}
+        return {"user": role, "password": secretfiles.read_password(directory, role)}
     except FileNotFoundError:
         raise ValueError(
             f"no password file for PostgreSQL role {role} in SAGALINE_POSTGRES_ROLE_PASSWORDS_DIR"
@@ -119,10 +177,8 @@ async def create_pool(
             user=credentials.get("user"),  # None: the DSN's
             password=credentials.get("password"),
         )
-    except (OSError, asyncpg.CannotConnectNowError) as exc:
-        raise Unreachable(
-            "PostgreSQL", postgres_address(dsn), getattr(exc, "strerror", None) or str(exc)
-        ) from None
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise _unreachable(dsn, exc) from None
     assert pool is not None
     return pool
 
@@ -131,11 +187,18 @@ async def connect(dsn: str) -> asyncpg.Connection[Any]:
     """One connection (for a short CLI query); `Unreachable` as for `create_pool`."""
     try:
         conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.CannotConnectNowError) as exc:
-        raise Unreachable(
-            "PostgreSQL", postgres_address(dsn), getattr(exc, "strerror", None) or str(exc)
-        ) from None
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise _unreachable(dsn, exc) from None
     return conn
+
+
+def _unreachable(dsn: str, exc: Exception) -> Unreachable:
+    """PostgreSQL did not answer, or refused who we are (a wrong password, no pg_hba.conf
+    entry — e.g. TCP without TLS where TLS is required): one line naming the server, never
+    the password. An untrusted server certificate is an OSError (ssl) and says so."""
+    refused = isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError)
+    reason = str(exc).splitlines()[0] if refused else getattr(exc, "strerror", None) or str(exc)
+    return Unreachable("PostgreSQL", postgres_address(dsn), reason, refused=refused)
 
 
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
@@ -145,7 +208,17 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     statements per saga this removed (docs/benchmarks.md) — for session state sagaline
     never leaves behind:
     its advisory locks are transaction-scoped, it sets no session variables, opens no
-    cursors outside a transaction, and the relay UNLISTENs before it releases its listener."""
+    cursors outside a transaction, and the relay UNLISTENs and releases its bucket locks
+    before it gives its connection back."""
+
+
+def without_password(dsn: str) -> str:
+    """The DSN with its password masked (for output: the local stack's too is a secret)."""
+    url = urlsplit(dsn)
+    if url.password is None:
+        return dsn
+    netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
+    return url._replace(netloc=netloc).geturl()
 
 
 def postgres_address(dsn: str) -> str:
@@ -181,7 +254,7 @@ def dlq_indexer(settings: Settings, kafka: KafkaConnection, pool: asyncpg.Pool[A
         kafka,
         pool,
         config.schema("dlq"),
-        group=f"{config.prefix}sagaline-dlq-index",
+        group=kafkaacls.dlq_group(config),
         pattern=exact_pattern(config.lanes(service).dlt for service in SERVICES),
         retention_s=settings.dlq_retention_s,
         prune_interval_s=settings.prune_interval_s,

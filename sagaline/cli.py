@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from producers import failpoints
 from producers.errors import Unreachable
 from sagaline.commands import (
+    acls,
     bench,
     db,
     demo,
@@ -39,6 +40,7 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(topics.app, name="topics")
+app.add_typer(acls.app, name="acls")
 app.command("smoke")(smoke.smoke)
 app.command("publish")(publish.publish)
 app.command("relay")(relay.relay)

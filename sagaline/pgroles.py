@@ -21,10 +21,7 @@ import base64
 import hashlib
 import hmac
 import os
-import secrets
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from consumers import inbox
 from dlq import store
@@ -56,30 +53,6 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
         return base64.b64encode(raw).decode()
 
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-def password_file(directory: Path, role: str) -> Path:
-    return directory / role
-
-
-def read_password(directory: Path, role: str) -> str:
-    """A role's password, from its file (the first line). FileNotFoundError names the file."""
-    return password_file(directory, role).read_text().splitlines()[0]
-
-
-def ensure_password_files(directory: Path, roles: list[str]) -> list[str]:
-    """Generate a password file (mode 0600) for each role that has none; returns the roles
-    that got one. Existing files are never changed: operators rotate by editing them."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    made = []
-    for role in roles:
-        path = password_file(directory, role)
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(24) + "\n")
-            made.append(role)
-    return made
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,7 @@ class Platform:
             self.children.append(Child(name, service, port, self._spawn(service, port, log), log))
 
     def _spawn(self, name: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "SAGALINE_KAFKA_BOOTSTRAP": self.ends.kafka.bootstrap_servers,
-            "SAGALINE_POSTGRES_DSN": self.ends.postgres_dsn,
-        }
+        env = {**os.environ, **self.ends.environment()}
         with log.open("ab") as out:
             command = ["dlq", "index"] if name == "dlq" else ["worker", name]
             return subprocess.Popen(

@@ -69,9 +69,10 @@ async def serve(
             transaction_per_message=spec.transaction_per_message,
             lanes=lanes,
         )
-        async with Publisher(ends.kafka, source=spec.source, **PASS_SENDER) as publisher:
+        kafka = ends.kafka_as(spec.name)  # under least privilege, the service's own Kafka user
+        async with Publisher(kafka, source=spec.source, **PASS_SENDER) as publisher:
             worker = Worker(
-                ends.kafka,
+                kafka,
                 uow,
                 publisher,
                 lanes,

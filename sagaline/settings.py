@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = Field(
         default=None, description="Password of an encrypted SAGALINE_KAFKA_SSL_KEYFILE."
     )
+    kafka_passwords_dir: Path | None = Field(
+        default=None,
+        description="Least privilege: a folder with one password file per Kafka user (`order`, "
+        "`payment`, `inventory`, `tracker`, `dlq`, `upstream`, `admin`). Set, every service "
+        "authenticates (SASL) as its own user, the DLQ tooling as `dlq`, publishers as `upstream` "
+        "and admin steps as `admin`; SAGALINE_KAFKA_SASL_USERNAME/PASSWORD are then not used.",
+    )
     kafka_client_id: str = "sagaline"
 
     # --- PostgreSQL ------------------------------------------------------------------
@@ -145,6 +152,7 @@ class Settings(BaseSettings):
             "SAGALINE_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
             "SAGALINE_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
             "SAGALINE_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+            "SAGALINE_KAFKA_PASSWORDS_DIR": self.kafka_passwords_dir,
         }
         tls: dict[str, object] = {
             "SAGALINE_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
@@ -159,10 +167,15 @@ class Settings(BaseSettings):
                         f"{name} is set but SAGALINE_KAFKA_SECURITY_PROTOCOL is {protocol}, which"
                         " sends no credentials: set the protocol to SASL_SSL, or unset it"
                     )
-        else:
+        elif self.kafka_passwords_dir is None:
             for name in ("SAGALINE_KAFKA_SASL_USERNAME", "SAGALINE_KAFKA_SASL_PASSWORD"):
                 if sasl[name] is None:
-                    raise ValueError(f"SAGALINE_KAFKA_SECURITY_PROTOCOL is {protocol} but {name} is not set")
+                    raise ValueError(
+                        f"SAGALINE_KAFKA_SECURITY_PROTOCOL is {protocol} but {name} (or "
+                        "SAGALINE_KAFKA_PASSWORDS_DIR) is not set"
+                    )
+        elif not self.kafka_passwords_dir.is_dir():
+            raise ValueError("SAGALINE_KAFKA_PASSWORDS_DIR names a folder that does not exist")
         if protocol not in ("SSL", "SASL_SSL"):
             for name, value in tls.items():
                 if value is not None:

@@ -10,7 +10,7 @@ from consumers.lanes import Lanes
 from consumers.spec import BuildHandlers, WorkerSpec
 from producers import migrate
 from producers.db import DbConnection
-from schemas.topics import TopicMap
+from schemas.topics import TopicMap, TopicSpec
 
 SERVICES = ("order", "payment", "inventory", "tracker")
 
@@ -39,6 +39,16 @@ class SagaConfig:
     def lanes(self, service: str) -> Lanes:
         """The service group's retry and dead-letter topics."""
         return Lanes(self.group(service), self.retry_delays_s, self.topics.prefix)
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """Every topic of the deployment, for the admin step (`sagaline topics ensure`): the
+        topic map's and each group's retry lanes and dead-letter topic, as wide as the map's."""
+        lanes = [
+            TopicSpec(name, partitions=self.topics.partitions, replication=self.topics.replication)
+            for service in SERVICES
+            for name in (*self.lanes(service).retry_topics, self.lanes(service).dlt)
+        ]
+        return [*self.topics.specs(), *lanes]
 
     def source(self, service: str) -> str:
         return f"/sagaline/{service}"

@@ -139,6 +139,25 @@ def kafka_cluster3() -> Iterator[KafkaConnection]:
             stack.down()
 
 
+@pytest.fixture(scope="session")
+def secure_stack() -> Iterator[LocalStack]:
+    """The local stack's secure mode (SASL_SSL with SCRAM, ACLs enforced, a SCRAM user per
+    service, dlq, upstream and admin), on its own ports; always sagaline's own stack, since
+    the mode is what is under test."""
+    from sagaline.kafkaacls import PRINCIPALS
+
+    stack = _local_stack("test-stack-secure", kafka_port=59092, postgres_port=55432)
+    was_ready = asyncio.run(stack.status()).ready
+    if not was_ready:
+        _wipe(stack)
+    asyncio.run(stack.up(secure=True, users=PRINCIPALS))
+    try:
+        yield stack
+    finally:
+        if not was_ready:
+            stack.down()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for topic, group and schema names."""

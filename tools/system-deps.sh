@@ -18,6 +18,7 @@ command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the secure local stack's CA and certificates
 if [ "${1:-}" = "--containers" ]; then
   command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sagaline import pgroles
+from sagaline import pgroles, secretfiles
 from sagaline.bootstrap import close_pool, create_pool, endpoints, saga_config
 from sagaline.console import emit_json, out
 from sagaline.settings import Settings
@@ -39,8 +39,8 @@ def roles(
         )
     config = saga_config(settings)
     names = [pgroles.role_name(config, who) for who in (*pgroles.OWNERS, pgroles.READER)]
-    generated = pgroles.ensure_password_files(directory, names)
-    passwords = {name: pgroles.read_password(directory, name) for name in names}
+    generated = secretfiles.ensure_password_files(directory, names)
+    passwords = {name: secretfiles.read_password(directory, name) for name in names}
 
     async def run() -> list[pgroles.RoleReport]:
         ends = await endpoints(settings, start_local=True)
@@ -57,7 +57,7 @@ def roles(
             "role": r.role,
             "owns": r.owns,
             "created": r.created,
-            "password_file": str(pgroles.password_file(directory, r.role)),
+            "password_file": str(secretfiles.password_file(directory, r.role)),
             "password_generated": r.role in generated,
         }
         for r in reports

@@ -9,8 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from producers.admin import ensure_topics
-from sagaline.bootstrap import create_pool, endpoints, saga_config
+from sagaline.bootstrap import create_pool, endpoints, prepare_kafka, saga_config
 from sagaline.console import emit_json, err, out
 from sagaline.demo import DemoOptions, DemoResult, run_demo
 from sagaline.platform import Platform
@@ -79,7 +78,7 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
         out.status("starting Kafka and PostgreSQL if needed, creating topics...") if not quiet else _nothing()
     ):
         ends = await endpoints(settings, start_local=True)
-        await ensure_topics(ends.kafka, config.topics.specs())
+        await prepare_kafka(ends, config)
     platform = None
     if mode is PlatformMode.start:
         platform = Platform(ends, settings.state_dir / "logs", settings.metrics_port)
@@ -102,7 +101,7 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
         ) as bar:
             task = bar.add_task("sagas", total=options.orders)
             return await run_demo(
-                ends.kafka,
+                ends.kafka_as("upstream"),
                 pool,
                 config,
                 options,

@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sagaline.bootstrap import local_stack
+from sagaline.bootstrap import local_stack, without_password
 from sagaline.console import emit_json, fail, out
+from sagaline.kafkaacls import PRINCIPALS
 from sagaline.localstack.process import MissingToolError
 from sagaline.settings import Settings
 
@@ -30,6 +31,12 @@ def up(
     brokers: int = typer.Option(
         1, "--brokers", help="Kafka nodes: 1, or 3 for RF=3 / min.insync.replicas=2."
     ),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="Kafka with SASL_SSL (SCRAM-SHA-512, a CA and certificate made for 127.0.0.1) and ACLs "
+        "(the authorizer denies what no ACL allows); a SCRAM user per service, dlq, upstream and admin.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Start Kafka and PostgreSQL (idempotent: an already running stack is reused)."""
@@ -37,28 +44,38 @@ def up(
         fail(f"--brokers must be 1 or 3, not {brokers}", code=2)
     stack = local_stack(Settings())
     started_at = time.monotonic()
+    start = stack.up(brokers=brokers, secure=secure, users=PRINCIPALS)
     try:
         if json_output:
-            result = asyncio.run(stack.up(brokers=brokers))
+            result = asyncio.run(start)
         else:
             with out.status("starting Kafka and PostgreSQL (first start resolves Kafka's jars)..."):
-                result = asyncio.run(stack.up(brokers=brokers))
+                result = asyncio.run(start)
     except MissingToolError as exc:
         fail(str(exc), code=3)
     payload = {
         "kafka_bootstrap": result.kafka_bootstrap,
-        "postgres_dsn": result.postgres_dsn,
+        "postgres_dsn": without_password(result.postgres_dsn),
         "started": result.started,
         "downloaded_jars": result.downloaded_jars,
         "seconds": round(time.monotonic() - started_at, 1),
+        "secure": secure,
     }
+    if secure:
+        payload |= {
+            "ca_file": str(stack.tls_dir / "ca.pem"),
+            "kafka_passwords_dir": str(stack.kafka_passwords_dir),
+        }
     if json_output:
         emit_json(payload)
         return
     what = ", ".join(result.started) if result.started else "nothing new (already running)"
     out.print(f"[green]ready[/] in {payload['seconds']}s — started: {what}")
     out.print(f"  Kafka       {result.kafka_bootstrap}")
-    out.print(f"  PostgreSQL  {result.postgres_dsn}")
+    out.print(f"  PostgreSQL  {payload['postgres_dsn']}")
+    if secure:
+        out.print(f"  CA          {payload['ca_file']}")
+        out.print(f"  passwords   {payload['kafka_passwords_dir']} (one file per Kafka user)")
 
 
 @app.command()

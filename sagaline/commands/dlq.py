@@ -137,7 +137,7 @@ def index(
         try:
             async with pool.acquire() as conn:
                 await store.install(conn, schema)
-            indexer = dlq_indexer(settings, ends.kafka, pool)
+            indexer = dlq_indexer(settings, ends.kafka_as("dlq"), pool)
             indexed.set_function(lambda: indexer.indexed)
             port = settings.metrics_port if metrics_port is None else metrics_port
             ops = OpsServer(registry, settings.metrics_host, port, ready=lambda: indexer.running)
@@ -350,7 +350,7 @@ def replay(
             disable=json_output or dry_run,
         ) as bar:  # fmt: skip
             task = bar.add_task("replay", total=None)
-            async with Publisher(ends.kafka, source="/sagaline/dlq") as publisher:
+            async with Publisher(ends.kafka_as("dlq"), source="/sagaline/dlq") as publisher:
                 return await actions.replay(
                     pool,
                     publisher,
@@ -417,7 +417,7 @@ def edit(
         fail(f"the corrected payload is not JSON: {exc}", code=2)
 
     async def work(ends: Any, pool: asyncpg.Pool[Any]) -> actions.EditReport:
-        async with Publisher(ends.kafka, source="/sagaline/dlq") as publisher:
+        async with Publisher(ends.kafka_as("dlq"), source="/sagaline/dlq") as publisher:
             return await actions.edit(
                 pool, publisher, saga_config(settings).schema("dlq"), dead_letter_id, payload,
                 actor=_actor(settings), type_name=type_name, handled_types=_handled_types(settings, pool),

@@ -41,7 +41,9 @@ def publish(
 
     async def send() -> Ack:
         ends = await endpoints(settings, start_local=False)
-        async with Publisher(ends.kafka, source=source, topics=TopicMap(prefix=prefix)) as publisher:
+        async with Publisher(
+            ends.kafka_as("upstream"), source=source, topics=TopicMap(prefix=prefix)
+        ) as publisher:
             return await publisher.publish(message)
 
     stop_tracing = configure_tracing(settings, "publish")

@@ -61,6 +61,10 @@ async def _run(
 ) -> None:
     stop = stop_event_on_signals()
     ends = await endpoints(settings, start_local=False)
+    if ends.kafka_passwords_dir is not None and len(schemas) != 1:
+        raise ValueError("under least privilege a relay publishes one service's outbox: name one schema")
+    # under least privilege, as the user of the service whose outbox it publishes
+    kafka = ends.kafka_as(schemas[0].removeprefix(settings.saga_prefix))
     registry = process_registry("relay")
     metrics = RelayMetrics(registry)
     pool = await create_pool(settings, ends.postgres_dsn)
@@ -75,7 +79,7 @@ async def _run(
             for schema in schemas:
                 await outbox.install(conn, schema)
         port = await ops.start()
-        async with Publisher(ends.kafka, source="/sagaline/relay", **PASS_SENDER) as publisher:
+        async with Publisher(kafka, source="/sagaline/relay", **PASS_SENDER) as publisher:
             relays = [OutboxRelay(pool, publisher, s, options=options, metrics=metrics) for s in schemas]
             log.info("relay publishing %s; metrics on %s:%d", ", ".join(schemas), settings.metrics_host, port)
             await asyncio.gather(*(r.run(stop) for r in relays))

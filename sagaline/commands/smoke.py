@@ -21,7 +21,7 @@ def smoke(
 
     async def run() -> SmokeResult:
         ends = await endpoints(Settings(), start_local=True)
-        return await run_smoke(ends.kafka, ends.postgres_dsn, messages)
+        return await run_smoke(ends.kafka_as("admin"), ends.postgres_dsn, messages)
 
     if json_output:
         result = asyncio.run(run())

@@ -1,15 +1,19 @@
-"""`sagaline topics ensure` — create or check the saga's topics through the admin API."""
+"""`sagaline topics ensure` — the admin step that creates or checks every topic of the saga
+(the topic map's, and each consumer group's retry lanes and dead-letter topic), as the
+`admin` Kafka user under least privilege."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import typer
 from rich.table import Table
 
 from producers.admin import TopicReport, ensure_topics
-from sagaline.bootstrap import endpoints
+from sagaline.bootstrap import endpoints, saga_config
 from sagaline.console import emit_json, out
+from sagaline.kafkaacls import ADMIN
 from sagaline.settings import Settings
 from schemas.topics import TopicMap
 
@@ -25,12 +29,16 @@ def ensure(
     ),
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Create missing topics, leave existing ones alone, report drift (exit 1 on drift)."""
-    topics = TopicMap(prefix=prefix, partitions=partitions, replication=replication)
+    """Create missing topics (the map's and every group's lanes), leave existing ones alone,
+    report drift (exit 1 on drift)."""
+    settings = Settings()
+    config = replace(
+        saga_config(settings), topics=TopicMap(prefix=prefix, partitions=partitions, replication=replication)
+    )
 
     async def run() -> TopicReport:
-        ends = await endpoints(Settings(), start_local=False)
-        return await ensure_topics(ends.kafka, topics.specs())
+        ends = await endpoints(settings, start_local=False)
+        return await ensure_topics(ends.kafka_as(ADMIN), config.topic_specs())
 
     report = asyncio.run(run())
     if json_output:

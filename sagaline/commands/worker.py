@@ -8,8 +8,7 @@ from enum import StrEnum
 import typer
 from rich.table import Table
 
-from producers.admin import ensure_topics
-from sagaline.bootstrap import endpoints, saga_config
+from sagaline.bootstrap import endpoints, prepare_kafka, saga_config
 from sagaline.console import err, fail, out, safe
 from sagaline.platform import Platform
 from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
@@ -73,7 +72,7 @@ async def _up(settings: Settings, base_port: int, replicas: int) -> None:
     stop = stop_event_on_signals()
     with out.status("starting Kafka and PostgreSQL if needed, creating topics..."):
         ends = await endpoints(settings, start_local=True)
-        await ensure_topics(ends.kafka, saga_config(settings).topics.specs())
+        await prepare_kafka(ends, saga_config(settings))
     platform = Platform(ends, settings.state_dir / "logs", base_port, replicas=replicas)
     platform.start()
     try:

@@ -8,15 +8,18 @@ network. One node by default; three nodes (RF=3, min.insync.replicas=2) on reque
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from sagaline.localstack import process
+from sagaline.localstack.tls import BROKER_CN, TlsMaterial
 
 KAFKA_VERSION = "3.9.2"
+MTLS_PORT_OFFSET = 1000
 _MARKER_CLASS = "kafka.Kafka"
 
 
@@ -28,6 +31,11 @@ class KafkaNode:
     port: int
     controller_port: int
     home: Path
+
+    @property
+    def mtls_port(self) -> int:
+        """The secure mode's mutual-TLS listener: clients authenticate with a certificate."""
+        return self.port + MTLS_PORT_OFFSET
 
     @property
     def config(self) -> Path:
@@ -106,7 +114,57 @@ def bootstrap_servers(nodes: list[KafkaNode]) -> str:
     return ",".join(f"127.0.0.1:{node.port}" for node in nodes)
 
 
-def write_config(node: KafkaNode, cluster: list[KafkaNode]) -> None:
+@dataclass(frozen=True)
+class Security:
+    """The secure mode of the local cluster: clients authenticate with SCRAM-SHA-512 over TLS
+    (the broker's certificate from `tls`) or, on the mutual-TLS listener, with a client
+    certificate whose CN is the user name (so both map to the same principal and ACLs); the
+    controllers use mutual TLS, and the KRaft `StandardAuthorizer` denies whatever no ACL
+    allows. `users`: SCRAM user -> password, bootstrapped into the metadata at format time;
+    `super_users` may do anything (the broker itself and the admin principal)."""
+
+    tls: TlsMaterial
+    users: dict[str, str] = field(repr=False)
+    super_users: tuple[str, ...] = ("admin",)
+    broker_user: str = "broker"
+
+    def lines(self, node: KafkaNode) -> dict[str, object]:
+        password = self.users[self.broker_user]
+        supers = [f"User:{name}" for name in (self.broker_user, *self.super_users, BROKER_CN)]
+        mtls = f"MTLS://127.0.0.1:{node.mtls_port}"
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{node.port},{mtls},CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{node.port},{mtls}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,MTLS:SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required"
+                f' username="{self.broker_user}" password="{password}";'
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self.tls.broker_keystore,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.tls.ca_cert,
+            "listener.name.controller.ssl.client.auth": "required",
+            "listener.name.mtls.ssl.client.auth": "required",
+            # a certificate's principal is its CN: `CN=payment` is User:payment, as over SCRAM
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": ";".join(supers),
+        }
+
+    def scram_arguments(self) -> list[str]:
+        return [
+            arg
+            for name, password in sorted(self.users.items())
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
+
+
+def write_config(node: KafkaNode, cluster: list[KafkaNode], security: Security | None = None) -> None:
     replication = min(3, len(cluster))
     min_isr = 2 if len(cluster) >= 3 else 1
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster)
@@ -131,8 +189,13 @@ def write_config(node: KafkaNode, cluster: list[KafkaNode]) -> None:
         "group.initial.rebalance.delay.ms": 0,
         "log.retention.hours": 168,
     }
+    if security is not None:
+        lines.update(security.lines(node))
     node.home.mkdir(parents=True, exist_ok=True)
-    node.config.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    node.home.chmod(0o700)  # the secure mode's config holds the broker's password
+    fd = os.open(node.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as config:
+        config.write("".join(f"{k}={v}\n" for k, v in lines.items()))
     (node.home / "log4j.properties").write_text(
         "log4j.rootLogger=INFO, file\n"
         "log4j.appender.file=org.apache.log4j.RollingFileAppender\n"
@@ -168,7 +231,8 @@ def _java(libs: Path, node: KafkaNode, heap: str, main: str, *args: str) -> list
     ]
 
 
-def format_storage(libs: Path, node: KafkaNode, cluster_id: str) -> None:
+def format_storage(libs: Path, node: KafkaNode, cluster_id: str, security: Security | None = None) -> None:
+    """Format the node's log directory once; in the secure mode with its SCRAM users."""
     if (node.data_dir / "meta.properties").exists():
         return
     result = subprocess.run(
@@ -181,15 +245,18 @@ def format_storage(libs: Path, node: KafkaNode, cluster_id: str) -> None:
             f"--cluster-id={cluster_id}",
             "-c",
             str(node.config),
+            *(security.scram_arguments() if security else ()),
         ),
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(
-            f"kafka storage format failed for node {node.node_id}: {result.stdout}{result.stderr}"
-        )
+        output = result.stdout + result.stderr
+        if security:  # never echo a password given on the command line
+            for password in security.users.values():
+                output = output.replace(password, "***")
+        raise RuntimeError(f"kafka storage format failed for node {node.node_id}: {output}")
 
 
 def start(libs: Path, node: KafkaNode, heap: str) -> int | None:

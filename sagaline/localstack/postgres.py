@@ -25,6 +25,9 @@ _INSTALL_HINT = "PostgreSQL server binaries (Debian: apt-get install postgresql)
 class PostgresServer:
     home: Path
     port: int
+    tls_ca: Path | None = None
+    """Set (the secure mode): clients connect over TLS only and verify the server's
+    certificate against this CA (`sslmode=verify-full`)."""
 
     @property
     def data_dir(self) -> Path:
@@ -36,11 +39,20 @@ class PostgresServer:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{DATABASE}{self._tls_params}"
 
     @property
     def admin_dsn(self) -> str:
-        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres{self._tls_params}"
+
+    @property
+    def address(self) -> str:
+        """Where the server is, without credentials (what status output shows)."""
+        return f"127.0.0.1:{self.port}/{DATABASE}" + (" (TLS)" if self.tls_ca else "")
+
+    @property
+    def _tls_params(self) -> str:
+        return f"?sslmode=verify-full&sslrootcert={self.tls_ca}" if self.tls_ca else ""
 
 
 def bin_dir() -> Path:
@@ -126,6 +138,41 @@ def init(server: PostgresServer) -> bool:
             "logging_collector = off\n"
         )
     return True
+
+
+_SECURE_CONF = "sagaline-secure.conf"
+_HBA_MARK = "# sagaline secure mode: TCP only over TLS"
+
+
+def apply_mode(server: PostgresServer, tls: tuple[Path, Path] | None) -> None:
+    """The secure mode's settings (`tls`: the server's certificate and key) or the plain
+    mode's: TLS on and every TCP connection without it rejected (passwords are SCRAM in
+    both), in files PostgreSQL reads at start and on reload. A running server is reloaded."""
+    conf = server.data_dir / "postgresql.conf"
+    include = f"include_if_exists = '{_SECURE_CONF}'\n"
+    if include not in conf.read_text():
+        with conf.open("a") as handle:
+            handle.write(include)
+    secure_conf = server.data_dir / _SECURE_CONF
+    hba = server.data_dir / "pg_hba.conf"
+    rules = [line for line in hba.read_text().splitlines(keepends=True) if _HBA_MARK not in line]
+    if tls is None:
+        secure_conf.write_text("")
+    else:
+        cert, key = tls
+        for source, name in ((cert, "server.crt"), (key, "server.key")):
+            target = server.data_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            _chown_to_server_user(target)
+        secure_conf.write_text("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        rules.insert(0, f"hostnossl all all all reject  {_HBA_MARK}\n")
+    hba.write_text("".join(rules))
+    _chown_to_server_user(secure_conf)
+    if is_running(server):
+        result = _run([str(bin_dir() / "pg_ctl"), "reload", "-D", str(server.data_dir)])
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl reload failed: {result.stderr.strip()}")
 
 
 def is_running(server: PostgresServer) -> bool:

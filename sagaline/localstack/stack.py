@@ -12,14 +12,16 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
-from sagaline.localstack import kafka, postgres
+from producers.connection import KafkaConnection
+from sagaline import secretfiles
+from sagaline.localstack import kafka, postgres, tls
 
 
 @dataclass
@@ -66,34 +68,101 @@ class LocalStack:
     def _layout_file(self) -> Path:
         return self.state_dir / "stack.json"
 
+    def _layout(self) -> dict[str, Any]:
+        try:
+            layout = json.loads(self._layout_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return layout if isinstance(layout, dict) else {}
+
     def brokers(self) -> int:
         """Broker count of the last `up` (1 if never started)."""
         try:
-            return int(json.loads(self._layout_file.read_text())["brokers"])
-        except (FileNotFoundError, KeyError, ValueError):
+            return int(self._layout().get("brokers", 1))
+        except ValueError:
             return 1
 
-    def kafka_nodes(self, brokers: int | None = None) -> list[kafka.KafkaNode]:
+    def secure(self) -> bool:
+        """Whether the last `up` started the secure mode (SASL_SSL, ACLs)."""
+        return bool(self._layout().get("secure", False))
+
+    def kafka_nodes(self, brokers: int | None = None, secure: bool | None = None) -> list[kafka.KafkaNode]:
         count = brokers or self.brokers()
-        return kafka.nodes_for(self.state_dir / f"kafka-x{count}", count, self.kafka_port)
+        mode = "-secure" if (self.secure() if secure is None else secure) else ""
+        return kafka.nodes_for(self.state_dir / f"kafka-x{count}{mode}", count, self.kafka_port)
+
+    @property
+    def tls_dir(self) -> Path:
+        """The secure mode's CA and certificates (`ca.pem` is what clients trust)."""
+        return self.state_dir.resolve() / "secure" / "tls"
+
+    @property
+    def kafka_passwords_dir(self) -> Path:
+        """The secure mode's Kafka users, one password file each."""
+        return self.state_dir.resolve() / "secure" / "kafka-passwords"
+
+    def kafka_mtls_connection(self, user: str) -> KafkaConnection:
+        """How to reach the secure cluster as `user` with a client certificate (CN=`user`,
+        signed by the stack's CA) on the mutual-TLS listener: the alternative to SCRAM."""
+        cert, key = tls.ensure(self.tls_dir).client_cert(user)
+        return KafkaConnection(
+            bootstrap_servers=",".join(f"127.0.0.1:{n.mtls_port}" for n in self.kafka_nodes()),
+            security_protocol="SSL",
+            ssl_cafile=str(self.tls_dir / "ca.pem"),
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+        )
+
+    def kafka_connection(self, user: str = "admin") -> KafkaConnection:
+        """How to reach the local cluster as `user` (the secure mode's SCRAM user; ignored in
+        the plain mode, where everyone is anonymous)."""
+        bootstrap = self.kafka_bootstrap()
+        if not self.secure():
+            return KafkaConnection(bootstrap_servers=bootstrap)
+        return KafkaConnection(
+            bootstrap_servers=bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=secretfiles.read_password(self.kafka_passwords_dir, user),
+            ssl_cafile=str(self.tls_dir / "ca.pem"),
+        )
 
     @property
     def postgres(self) -> postgres.PostgresServer:
-        return postgres.PostgresServer(home=self.state_dir.resolve() / "postgres", port=self.postgres_port)
+        return postgres.PostgresServer(
+            home=self.state_dir.resolve() / "postgres",
+            port=self.postgres_port,
+            tls_ca=self.tls_dir / "ca.pem" if self.secure() else None,
+        )
 
     def kafka_bootstrap(self) -> str:
         return kafka.bootstrap_servers(self.kafka_nodes())
 
-    async def up(self, brokers: int = 1, timeout_s: float = 120.0) -> UpResult:
+    async def up(
+        self,
+        brokers: int = 1,
+        timeout_s: float = 120.0,
+        *,
+        secure: bool | None = None,
+        users: tuple[str, ...] = (),
+    ) -> UpResult:
+        """Start what is not running. `secure`: the secure mode (None: as the last `up`);
+        `users`: the SCRAM users it bootstraps besides the broker's and `admin` (passwords
+        generated into `kafka_passwords_dir`, kept across restarts)."""
+        secure = self.secure() if secure is None else secure
         running = [n for n in self.kafka_nodes() if kafka.is_running(n)]
-        if running and self.brokers() != brokers:
+        if running and (self.brokers() != brokers or self.secure() != secure):
+            mode = "secure " if self.secure() else ""
             raise RuntimeError(
-                f"the local stack already runs with {self.brokers()} broker(s); run `sagaline dev down` first"
+                f"the local stack already runs with {self.brokers()} {mode}broker(s); "
+                "run `sagaline dev down` first"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         libs, downloaded = kafka.ensure_jars(self.cache_dir)
         postgres.bin_dir()  # fail early, with the install hint, before starting anything
-        self._layout_file.write_text(json.dumps({"brokers": brokers}))
+        security = self._security(users) if secure else None
+        self._layout_file.write_text(json.dumps({"brokers": brokers, "secure": secure}))
         nodes = self.kafka_nodes(brokers)
         started: list[str] = []
         heap = self.kafka_heap if brokers == 1 else "512m"
@@ -103,20 +172,29 @@ class LocalStack:
             cluster_id_file.write_text(kafka.new_cluster_id())
         cluster_id = cluster_id_file.read_text().strip()
         for node in nodes:
-            kafka.write_config(node, nodes)
-            kafka.format_storage(libs, node, cluster_id)
+            kafka.write_config(node, nodes, security)
+            kafka.format_storage(libs, node, cluster_id, security)
             if kafka.start(libs, node, heap) is not None:
                 started.append(f"kafka node {node.node_id}")
         server = self.postgres
         postgres.init(server)
+        postgres.apply_mode(server, tls.ensure(self.tls_dir).server_cert("postgres") if secure else None)
         if postgres.start(server):
             started.append("postgresql")
         bootstrap = kafka.bootstrap_servers(nodes)
         await asyncio.gather(
-            wait_kafka_ready(bootstrap, nodes, timeout_s),
+            wait_kafka_ready(self.kafka_connection(), nodes, timeout_s),
             ensure_database(server),
         )
         return UpResult(bootstrap, server.dsn, downloaded, started)
+
+    def _security(self, users: tuple[str, ...]) -> kafka.Security:
+        names = sorted({"broker", "admin", *users})
+        secretfiles.ensure_password_files(self.kafka_passwords_dir, names)
+        return kafka.Security(
+            tls=tls.ensure(self.tls_dir),
+            users={name: secretfiles.read_password(self.kafka_passwords_dir, name) for name in names},
+        )
 
     def down(self) -> list[str]:
         stopped = [f"kafka node {n.node_id}" for n in kafka.stop(self.kafka_nodes())]
@@ -132,9 +210,10 @@ class LocalStack:
         if running:
             try:
                 with _quiet("aiokafka"):
-                    info = await _describe_cluster(bootstrap, timeout_ms=5000)
+                    info = await _describe_cluster(self.kafka_connection(), timeout_ms=5000)
                 kafka_ready = len(info["brokers"]) == len(nodes)
-                detail = f"KRaft, {len(info['brokers'])}/{len(nodes)} broker(s) up"
+                mode = ", SASL_SSL + ACLs" if self.secure() else ""
+                detail = f"KRaft, {len(info['brokers'])}/{len(nodes)} broker(s) up{mode}"
             except Exception as exc:  # a status probe reports every failure, it never raises
                 detail = f"not answering: {type(exc).__name__}"
         server = self.postgres
@@ -153,7 +232,7 @@ class LocalStack:
         return StackStatus(
             [
                 ComponentStatus("kafka", kafka.KAFKA_VERSION, bootstrap, bool(running), kafka_ready, detail),
-                ComponentStatus("postgresql", _pg_version(), server.dsn, pg_running, pg_ready, pg_detail),
+                ComponentStatus("postgresql", _pg_version(), server.address, pg_running, pg_ready, pg_detail),
             ]
         )
 
@@ -165,8 +244,8 @@ def _pg_version() -> str:
         return ""
 
 
-async def _describe_cluster(bootstrap: str, timeout_ms: int) -> dict[str, Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+async def _describe_cluster(connection: KafkaConnection, timeout_ms: int) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(**connection.client_kwargs(), request_timeout_ms=timeout_ms)
     await admin.start()
     try:
         info: dict[str, Any] = await admin.describe_cluster()
@@ -175,10 +254,12 @@ async def _describe_cluster(bootstrap: str, timeout_ms: int) -> dict[str, Any]:
         await admin.close()
 
 
-async def wait_kafka_ready(bootstrap: str, nodes: list[kafka.KafkaNode], timeout_s: float) -> None:
+async def wait_kafka_ready(
+    connection: KafkaConnection, nodes: list[kafka.KafkaNode], timeout_s: float
+) -> None:
     """Ready means every node answers an admin request as part of the cluster."""
     with _quiet("aiokafka"):  # refused connections are expected while the broker boots
-        await _poll_kafka_ready(bootstrap, nodes, timeout_s)
+        await _poll_kafka_ready(connection, nodes, timeout_s)
 
 
 @contextmanager
@@ -192,7 +273,9 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-async def _poll_kafka_ready(bootstrap: str, nodes: list[kafka.KafkaNode], timeout_s: float) -> None:
+async def _poll_kafka_ready(
+    connection: KafkaConnection, nodes: list[kafka.KafkaNode], timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     while time.monotonic() < deadline:
@@ -204,7 +287,8 @@ async def _poll_kafka_ready(bootstrap: str, nodes: list[kafka.KafkaNode], timeou
             # Each node is asked on its own: every broker's metadata must list every broker as
             # alive, or a new topic's replicas would look short to clients of the late one.
             for node in nodes:
-                info = await _describe_cluster(f"127.0.0.1:{node.port}", timeout_ms=3000)
+                one = replace(connection, bootstrap_servers=f"127.0.0.1:{node.port}")
+                info = await _describe_cluster(one, timeout_ms=3000)
                 if len(info["brokers"]) != len(nodes):
                     last_error = f"node {node.node_id} sees {len(info['brokers'])}/{len(nodes)} brokers"
                     break

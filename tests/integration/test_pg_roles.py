@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from producers.connection import KafkaConnection
-from sagaline import pgroles
+from sagaline import pgroles, secretfiles
 from sagas import invariants
 from sagas.config import SagaConfig
 from tests.saga_support import SagaPlatform, order
@@ -27,7 +27,7 @@ async def saga(
     await platform.setup([("alice", 100_000)], [("mug", 10)])
     platform.role_passwords_dir = tmp_path / "pg-passwords"
     names = [pgroles.role_name(platform.config, who) for who in (*pgroles.OWNERS, pgroles.READER)]
-    pgroles.ensure_password_files(platform.role_passwords_dir, names)
+    secretfiles.ensure_password_files(platform.role_passwords_dir, names)
     assert platform.pool is not None
     async with platform.pool.acquire() as conn:
         await pgroles.ensure_roles(conn, platform.config, _passwords(platform))
@@ -38,7 +38,7 @@ async def saga(
 def _passwords(saga: SagaPlatform) -> dict[str, str]:
     assert saga.role_passwords_dir is not None
     folder = saga.role_passwords_dir
-    return {path.name: pgroles.read_password(folder, path.name) for path in folder.iterdir()}
+    return {path.name: secretfiles.read_password(folder, path.name) for path in folder.iterdir()}
 
 
 async def _as(saga: SagaPlatform, who: str, password: str | None = None) -> asyncpg.Connection[Any]:

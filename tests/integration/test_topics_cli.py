@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from sagas.config import SERVICES
+
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
@@ -32,13 +34,15 @@ def test_topics_ensure_creates_the_map_then_is_idempotent(
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert first.returncode == 0, first.stderr
     created = json.loads(first.stdout)["created"]
+    lanes = [f"{group}.{lane}" for group in SERVICES for lane in ("retry.1", "retry.2", "retry.3", "dlt")]
     assert sorted(created) == sorted(
-        f"{prefix}{t}" for t in ("sagaline.ingress", "orders.events", "payments.events", "inventory.events")
+        f"{prefix}{t}"
+        for t in ("sagaline.ingress", "orders.events", "payments.events", "inventory.events", *lanes)
     )
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["created"] == []
-    assert len(json.loads(second.stdout)["unchanged"]) == 4
+    assert len(json.loads(second.stdout)["unchanged"]) == 4 + len(lanes)
 
     drift_cmd = [*cmd[:-2], "4", "--json"]
     drifted = subprocess.run(drift_cmd, env=env, capture_output=True, text=True, timeout=120, check=False)

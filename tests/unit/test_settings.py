@@ -66,6 +66,11 @@ def test_every_setting_is_documented() -> None:
         ({"SAGALINE_KAFKA_SASL_PASSWORD": "hunter2"}, "SAGALINE_KAFKA_SASL_PASSWORD is set but"),
         ({"SAGALINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}, "SAGALINE_KAFKA_SASL_MECHANISM is set but"),
         ({"SAGALINE_KAFKA_SSL_CAFILE": "{file}"}, "SAGALINE_KAFKA_SSL_CAFILE is set but"),
+        ({"SAGALINE_KAFKA_PASSWORDS_DIR": "{file}"}, "SAGALINE_KAFKA_PASSWORDS_DIR is set but"),
+        (
+            {"SAGALINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SAGALINE_KAFKA_PASSWORDS_DIR": "/no/such/dir"},
+            "SAGALINE_KAFKA_PASSWORDS_DIR names a folder that does not exist",
+        ),
         (
             {"SAGALINE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SAGALINE_KAFKA_SSL_CAFILE": "{file}",
              "SAGALINE_KAFKA_SASL_USERNAME": "svc", "SAGALINE_KAFKA_SASL_PASSWORD": "hunter2"},
@@ -73,11 +78,11 @@ def test_every_setting_is_documented() -> None:
         ),
         (
             {"SAGALINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SAGALINE_KAFKA_SASL_PASSWORD": "hunter2"},
-            "SAGALINE_KAFKA_SASL_USERNAME is not set",
+            "SAGALINE_KAFKA_SASL_USERNAME (or SAGALINE_KAFKA_PASSWORDS_DIR) is not set",
         ),
         (
             {"SAGALINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SAGALINE_KAFKA_SASL_USERNAME": "svc"},
-            "SAGALINE_KAFKA_SASL_PASSWORD is not set",
+            "SAGALINE_KAFKA_SASL_PASSWORD (or SAGALINE_KAFKA_PASSWORDS_DIR) is not set",
         ),
         (
             {"SAGALINE_KAFKA_SECURITY_PROTOCOL": "SSL", "SAGALINE_KAFKA_SSL_KEYFILE": "{file}"},
