@@ -146,7 +146,8 @@ def secure_stack() -> Iterator[LocalStack]:
     the mode is what is under test."""
     from sagaline.kafkaacls import PRINCIPALS
 
-    stack = _local_stack("test-stack-secure", kafka_port=59092, postgres_port=55432)
+    # below the ephemeral range (32768-60999): a client's outgoing socket cannot hold them
+    stack = _local_stack("test-stack-secure", kafka_port=26092, postgres_port=26432)
     was_ready = asyncio.run(stack.status()).ready
     if not was_ready:
         _wipe(stack)

@@ -95,8 +95,14 @@ class SagaPlatform:
             self._running[name] = (task, stop)
 
     def ended(self) -> list[str]:
-        """Services whose process loop has ended although nobody stopped them."""
-        return [name for name, (task, stop) in self._running.items() if task.done() and not stop.is_set()]
+        """Services whose process loop has ended although the test did not stop them, with
+        the error each ended on (a failing loop sets the service's stop event itself, so the
+        event cannot tell)."""
+        return [
+            f"{name}: {task.exception()!r}" if not task.cancelled() and task.exception() else name
+            for name, (task, _) in self._running.items()
+            if task.done()
+        ]
 
     async def stop(self, *services: str) -> None:
         for name in services or tuple(self._running):

@@ -196,7 +196,7 @@ def test_the_saga_runs_with_every_process_as_its_own_user(secure_stack: LocalSta
         SAGALINE_SAGA_PREFIX=f"s{unique}_",
         SAGALINE_TOPIC_PREFIX=f"sec{unique}.",
         SAGALINE_TOPIC_REPLICATION="1",
-        SAGALINE_METRICS_PORT="59500",
+        SAGALINE_METRICS_PORT="26500",  # below the ephemeral port range: no client holds it
     )
     result = subprocess.run(
         [sys.executable, "-m", "sagaline", "demo", "--orders", "200", "--json"],
