@@ -9,9 +9,9 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -25,10 +25,23 @@ from consumers.errors import classify
 from sagaline.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
 RESTART_RESET_AFTER_S = 60.0
+
+
+def run_service(main: Coroutine[Any, Any, T], event_loop: str) -> T:
+    """Run a long-lived process's coroutine to completion on the chosen event loop
+    (`SAGALINE_EVENT_LOOP`): uvloop, or the standard library's."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def stop_event_on_signals() -> asyncio.Event:

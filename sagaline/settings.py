@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="How long-running processes (workers, relay, DLQ indexer, `up`) log: JSON lines "
         "with trace, saga and message fields, or `text` for a terminal.",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The event loop of long-running processes (workers, relay, DLQ indexer): "
+        "uvloop (libuv; cheaper socket I/O, which is most of a worker's CPU) or the standard "
+        "library's asyncio loop.",
+    )
     traces_exporter: Literal["none", "otlp", "console"] = Field(
         default="none",
         description="Where spans go: nowhere (trace context still propagates), OTLP over HTTP "

@@ -146,6 +146,25 @@ class SagaPlatform:
         names = {s: f'"{self.config.schema(s)}"' for s in ("order", "payment", "inventory", "tracker")}
         return await self.pool.fetchval(sql.format(**names), *args)
 
+    async def progress(self) -> dict[str, Any]:
+        """Where the sagas stand, for a failure message: orders by status and step, each
+        outbox's unsent rows, the services that ended."""
+        assert self.pool is not None
+        statuses = await self.pool.fetch(
+            f'SELECT status, payment, stock, count(*) AS n FROM "{self.config.schema("order")}".orders'
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        unsent = {}
+        for service in ("order", "payment", "inventory"):
+            unsent[service] = await self.pool.fetchval(
+                f'SELECT count(*) FROM "{self.config.schema(service)}".outbox WHERE published_at IS NULL'
+            )
+        return {
+            "orders": [tuple(row) for row in statuses],
+            "outbox_unsent": unsent,
+            "ended": self.ended(),
+        }
+
     async def invariants(self) -> invariants.InvariantReport:
         assert self.pool is not None
         async with self.pool.acquire() as conn:

@@ -28,7 +28,7 @@ from producers.publisher import Publisher
 from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out, read_input, safe
 from sagaline.ops import OpsServer, process_registry
-from sagaline.runtime import configure_logging, stop_event_on_signals, supervised
+from sagaline.runtime import configure_logging, run_service, stop_event_on_signals, supervised
 from sagaline.settings import Settings
 from sagas.config import SERVICES
 from sagas.services import SPECS
@@ -154,7 +154,7 @@ def index(
         finally:
             await close_pool(pool)
 
-    asyncio.run(run())
+    run_service(run(), settings.event_loop)
 
 
 @app.command("list")

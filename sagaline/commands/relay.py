@@ -14,7 +14,7 @@ from producers.publisher import PASS_SENDER, Publisher
 from producers.relay import OutboxRelay, RelayOptions
 from sagaline.bootstrap import close_pool, create_pool, endpoints
 from sagaline.ops import OpsServer, process_registry
-from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
+from sagaline.runtime import configure_logging, configure_tracing, run_service, stop_event_on_signals
 from sagaline.settings import Settings
 
 log = logging.getLogger("sagaline.relay")
@@ -44,13 +44,14 @@ def relay(
     configure_logging(settings.log_level, settings.log_format, "relay")
     stop_tracing = configure_tracing(settings, "relay")
     try:
-        asyncio.run(
+        run_service(
             _run(
                 settings,
                 schemas,
                 RelayOptions(batch_size=batch_size, poll_interval_s=poll_interval),
                 metrics_port,
-            )
+            ),
+            settings.event_loop,
         )
     finally:
         stop_tracing()

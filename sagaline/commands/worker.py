@@ -11,7 +11,7 @@ from rich.table import Table
 from sagaline.bootstrap import endpoints, prepare_kafka, saga_config
 from sagaline.console import err, fail, out, safe
 from sagaline.platform import Platform
-from sagaline.runtime import configure_logging, configure_tracing, stop_event_on_signals
+from sagaline.runtime import configure_logging, configure_tracing, run_service, stop_event_on_signals
 from sagaline.service import serve
 from sagaline.settings import Settings
 from sagas.services import SPECS
@@ -44,7 +44,7 @@ def worker(
         await serve(settings, spec, stop_event_on_signals(), metrics_port)
 
     try:
-        asyncio.run(run())
+        run_service(run(), settings.event_loop)
     finally:
         stop_tracing()
 

@@ -53,7 +53,10 @@ async def test_a_postgresql_outage_mid_load_delays_sagas_but_ends_every_one(
             )
             return bool(terminal == len(orders))
 
-        await wait_until(all_ended, timeout_s=120)
+        try:
+            await wait_until(all_ended, timeout_s=120)
+        except AssertionError as stuck:  # say where the sagas stand
+            raise AssertionError(f"{stuck}: {await saga.progress()}") from None
         report = await saga.invariants()
         assert report.ok, report.violations
         statuses = await saga.scalar("SELECT count(DISTINCT status) FROM {order}.orders")

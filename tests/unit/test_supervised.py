@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from consumers.errors import TransientError
-from sagaline.runtime import supervised
+from sagaline.runtime import run_service, supervised
 
 
 async def test_transient_failures_restart_the_loop_until_it_finishes() -> None:
@@ -48,3 +48,11 @@ async def test_stop_during_the_backoff_ends_quietly() -> None:
 
     await asyncio.wait_for(supervised("t", loop, stop, backoff_s=30), timeout=5)
     assert runs == 1
+
+
+@pytest.mark.parametrize(("event_loop", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_a_service_runs_on_the_event_loop_its_setting_names(event_loop: str, module: str) -> None:
+    async def which_loop() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert run_service(which_loop(), event_loop) == module
