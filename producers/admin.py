@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_c
 
 from producers.connection import KafkaConnection, unreachable
 from schemas.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+BROKER_WAIT_S = 15.0  # how long topic creation waits for a multi-broker cluster's missing brokers
 
 
 @dataclass
@@ -58,9 +63,10 @@ async def ensure_topics(
     report = TopicReport()
     admin = await start_admin(kafka)
     try:
-        brokers = len((await admin.describe_cluster())["brokers"])
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
+        wanted = max((s.replication or 3 for s in missing), default=1)
+        brokers = await _brokers(admin, wanted, BROKER_WAIT_S if missing else 0.0)
         if missing:
             new = [
                 NewTopic(
@@ -87,6 +93,28 @@ async def ensure_topics(
     finally:
         await admin.close()
     return report
+
+
+async def _brokers(admin: AIOKafkaAdminClient, wanted: int, wait_s: float) -> int:
+    """How many brokers the cluster has, to cap a replication factor at. A cluster answers
+    with its live brokers only: on a multi-broker cluster with one away (restarting, paused,
+    just starting) wait up to `wait_s` for `wanted` of them rather than quietly create
+    topics with fewer replicas than asked for; a single broker is a development cluster,
+    where capping at one is the intent."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        if brokers >= wanted or brokers <= 1 or time.monotonic() >= deadline:
+            if 1 < brokers < wanted:
+                log.warning(
+                    "only %d of the %d brokers asked for answer after %.0fs: new topics get replication %d",
+                    brokers,
+                    wanted,
+                    wait_s,
+                    brokers,
+                )
+            return brokers
+        await asyncio.sleep(0.5)
 
 
 class TopicsRefused(RuntimeError):

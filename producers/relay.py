@@ -299,7 +299,7 @@ class OutboxRelay:
         released its locks): there is nothing to undo."""
         with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
             await conn.remove_listener(notify_channel(self.schema), self._on_notify)
-            await _release_buckets(conn)
+        await _release_buckets(conn)
         with contextlib.suppress(asyncpg.InterfaceError):  # already back in the pool
             await self.pool.release(conn)
 
@@ -309,8 +309,18 @@ class OutboxRelay:
 
 
 async def _release_buckets(conn: Any) -> None:
-    """Release every bucket lock this session holds (the pool's reset does not)."""
-    await conn.execute("SELECT pg_advisory_unlock_all()")
+    """Release every bucket lock this session holds (the pool's reset does not). If that
+    fails (the connection broke, the task was cancelled), end the session instead: the
+    server releases a session's locks when it ends, and a pooled connection must never keep
+    holding buckets that other relays wait for. Never raises but a cancellation, so it
+    cannot hide the error that brought the caller here."""
+    try:
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+    except BaseException as exc:
+        with contextlib.suppress(asyncpg.InterfaceError):  # already back in the pool: closed
+            conn.terminate()
+        if not isinstance(exc, Exception):
+            raise
 
 
 def _end_span(span: Span | None, result: object) -> None:
