@@ -47,10 +47,13 @@ test-containers: $(STAMP)
 	tools/containers/build-images.sh
 	$(CONTAINER_ENV) $(BIN)/python -m pytest tests/integration -m "not chaos" $(PYTEST_ARGS)
 
-## compose-demo: compose.yaml up on locally built images, 1,000 orders + invariants, down clean
+## compose-demo: compose.yaml up on locally built images, 1,000 orders + invariants, down clean;
+## then its secure mode (deploy/compose.secure.yaml): 300 orders, the principals' denials
 compose-demo: $(STAMP)
 	@tools/system-deps.sh --containers
 	tools/containers/compose-demo.sh
+	SAGALINE_COMPOSE_SECURE=1 SAGALINE_COMPOSE_ORDERS=$${SAGALINE_COMPOSE_SECURE_ORDERS:-300} \
+	  tools/containers/compose-demo.sh
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import asyncpg
 
@@ -103,6 +104,13 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
                     "or set SAGALINE_KAFKA_BOOTSTRAP and SAGALINE_POSTGRES_DSN",
                 )
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
+    if settings.postgres_password_file is not None:
+        dsn = with_password(
+            dsn,
+            secretfiles.read_password(
+                settings.postgres_password_file.parent, settings.postgres_password_file.name
+            ),
+        )
     if settings.kafka_bootstrap is None and stack.secure():  # the local stack's secure mode
         kafka = replace(stack.kafka_connection(), sasl_username=None, sasl_password=None)
         return Endpoints(kafka, dsn, needs_local, kafka_passwords_dir=stack.kafka_passwords_dir)
@@ -132,8 +140,9 @@ async def prepare_kafka(ends: Endpoints, config: SagaConfig) -> tuple[TopicRepor
     under least privilege without the admin's password: the admins ran `topics ensure` and
     `acls ensure` themselves."""
     passwords = ends.kafka_passwords_dir
-    if passwords is not None and not secretfiles.password_file(passwords, kafkaacls.ADMIN).exists():
-        log.info("no Kafka admin password: topics and ACLs are left to the admin steps")
+    admin_password = secretfiles.password_file(passwords, kafkaacls.ADMIN) if passwords else None
+    if admin_password is not None and not os.access(admin_password, os.R_OK):
+        log.info("no Kafka admin password at hand: topics and ACLs are left to the admin steps")
         return None
     admin = ends.kafka_as(kafkaacls.ADMIN)
     topics = await ensure_topics(admin, config.topic_specs())
@@ -219,6 +228,14 @@ def without_password(dsn: str) -> str:
         return dsn
     netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
     return url._replace(netloc=netloc).geturl()
+
+
+def with_password(dsn: str, password: str) -> str:
+    """The DSN with `password` as its user's password (replacing any it had)."""
+    url = urlsplit(dsn)
+    credentials, at, host = url.netloc.rpartition("@")
+    user = credentials.split(":", 1)[0] if at else ""
+    return url._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
 def postgres_address(dsn: str) -> str:

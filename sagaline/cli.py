@@ -23,6 +23,7 @@ from sagaline.commands import (
     relay,
     saga,
     schemas,
+    secrets,
     smoke,
     topics,
     worker,
@@ -52,6 +53,7 @@ app.add_typer(saga.app, name="saga")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(db.app, name="db")
+app.add_typer(secrets.app, name="secrets")
 
 
 def _click_error(name: str) -> type[Exception]:

@@ -7,6 +7,7 @@ directly with keyword arguments or an injected mapping.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,6 +54,12 @@ class Settings(BaseSettings):
     postgres_dsn: SecretStr | None = Field(
         default=None,
         description="PostgreSQL DSN. Unset: the local stack's database.",
+    )
+    postgres_password_file: Path | None = Field(
+        default=None,
+        description="The password of SAGALINE_POSTGRES_DSN's user, from this file's first line "
+        "instead of the DSN: an admin step's (`db roles`, `topics ensure`, the demo's seeding) "
+        "without the password in any environment.",
     )
     postgres_pool_min: int = Field(default=1, ge=0)
     postgres_pool_max: int = Field(default=10, ge=1)
@@ -196,6 +203,21 @@ class Settings(BaseSettings):
         for name, path in tls.items():
             if isinstance(path, Path) and not path.is_file():
                 raise ValueError(f"{name} names a file that does not exist or cannot be read")
+        return self
+
+    @model_validator(mode="after")
+    def _postgres_password_file_is_usable(self) -> Settings:
+        path = self.postgres_password_file
+        if path is not None:
+            if self.postgres_dsn is None:
+                raise ValueError(
+                    "SAGALINE_POSTGRES_PASSWORD_FILE is set without SAGALINE_POSTGRES_DSN"
+                    " (whose user it is for)"
+                )
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ValueError(
+                    "SAGALINE_POSTGRES_PASSWORD_FILE names a file that does not exist or cannot be read"
+                )
         return self
 
     @field_validator("retry_delays_s", mode="before")

@@ -1,7 +1,9 @@
-"""TLS material for the secure local stack: a private CA and one certificate, made once by
-`openssl` and kept in the stack's state directory (private keys 0600).
+"""TLS material for the secure local stack (and `sagaline secrets init`): a private CA and
+one certificate, made once by `openssl` and kept in the stack's state directory (private
+keys 0600).
 
-The broker certificate names 127.0.0.1 and localhost (clients verify the host name) and is
+The broker certificate names the hosts given (the local stack: 127.0.0.1 and localhost;
+clients verify the host name) and is
 good for both server and client authentication: the broker also presents it to the KRaft
 controller, whose listener demands a certificate (mutual TLS) and maps it to the principal
 `User:CN=sagaline-broker`. A client certificate per principal (`client_cert`) serves mutual
@@ -10,6 +12,7 @@ TLS as the alternative to SCRAM.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from dataclasses import dataclass
@@ -21,14 +24,26 @@ DAYS = 825  # the longest validity clients accept for a leaf certificate
 BROKER_CN = "sagaline-broker"
 
 
-_SERVER = (
-    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
-)
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _server_extensions(hosts: tuple[str, ...], usage: str = "serverAuth") -> str:
+    names = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
+    return f"subjectAltName={names}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class TlsMaterial:
     directory: Path
+    hosts: tuple[str, ...] = LOCAL_HOSTS  # what server certificates name (clients verify it)
 
     @property
     def ca_cert(self) -> Path:
@@ -48,11 +63,11 @@ class TlsMaterial:
         return self.directory / "broker.pem"
 
     def server_cert(self, name: str) -> tuple[Path, Path]:
-        """(certificate, key) of a server certificate for 127.0.0.1 and localhost, made on
-        first use (PostgreSQL's in the secure mode)."""
+        """(certificate, key) of a server certificate for `hosts`, made on first use
+        (PostgreSQL's in the secure mode)."""
         cert, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
         if not cert.exists():
-            _leaf(self, name, cert, key, extensions=_SERVER)
+            _leaf(self, name, cert, key, extensions=_server_extensions(self.hosts))
         return cert, key
 
     def client_cert(self, name: str) -> tuple[Path, Path]:
@@ -65,9 +80,10 @@ class TlsMaterial:
         return cert, key
 
 
-def ensure(directory: Path) -> TlsMaterial:
-    """The CA and the broker's certificate in `directory`, made if missing."""
-    material = TlsMaterial(directory)
+def ensure(directory: Path, hosts: tuple[str, ...] = LOCAL_HOSTS) -> TlsMaterial:
+    """The CA and the broker's certificate in `directory`, made if missing; server
+    certificates name `hosts` (IP addresses and DNS names)."""
+    material = TlsMaterial(directory, hosts)
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     if not material.ca_cert.exists():
@@ -99,7 +115,7 @@ def ensure(directory: Path) -> TlsMaterial:
             BROKER_CN,
             material.broker_cert,
             key,
-            extensions=_SERVER.replace("serverAuth", "serverAuth,clientAuth"),
+            extensions=_server_extensions(hosts, "serverAuth,clientAuth"),
         )
         _write_private(material.broker_keystore, key.read_text() + material.broker_cert.read_text())
     return material

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 LOCAL = ROOT / "tools" / "containers" / "compose.local.yaml"
 BUILD_IMAGES = ROOT / "tools" / "containers" / "build-images.sh"
+SECURE = ROOT / "deploy" / "compose.secure.yaml"
 
 
 def _services(path: Path = COMPOSE) -> dict[str, Any]:
@@ -74,7 +76,11 @@ def test_the_local_override_only_swaps_images_for_ones_built_here() -> None:
             assert local[name]["environment"]["SAGALINE_TRACES_EXPORTER"] == "none", name
 
 
-@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, LOCAL]], ids=["compose", "compose+local"])
+@pytest.mark.parametrize(
+    "files",
+    [[COMPOSE], [COMPOSE, LOCAL], [COMPOSE, SECURE], [COMPOSE, LOCAL, SECURE]],
+    ids=["compose", "compose+local", "compose+secure", "compose+local+secure"],
+)
 def test_docker_compose_accepts_the_files(files: list[Path]) -> None:
     assert shutil.which("docker-compose"), (
         "docker-compose is missing: `make test` installs it (tools/system-deps.sh)"
@@ -95,3 +101,43 @@ def test_the_services_stop_before_kafka_and_postgres() -> None:
     finished `topics` job would see Kafka and PostgreSQL vanish under its final commit."""
     for worker in ("order", "payment", "inventory", "tracker"):
         assert {"kafka", "postgres"} <= set(_services()[worker]["depends_on"]), worker
+
+
+def _merged(*files: Path) -> dict[str, Any]:
+    """The services as docker-compose merges the files."""
+    args = [arg for path in files for arg in ("-f", str(path))]
+    result = subprocess.run(
+        ["docker-compose", *args, "config"], capture_output=True, text=True, timeout=60, check=True
+    )
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    return services
+
+
+def test_the_secure_mode_runs_each_service_as_its_own_uid_without_an_admin_secret() -> None:
+    """deploy/compose.secure.yaml: every service its own uid (so file modes keep each from the
+    others' passwords), TLS and SASL on, no password in any environment, and the PostgreSQL
+    superuser's password only where an admin step runs."""
+    services = _merged(COMPOSE, SECURE)
+    workers = ("order", "payment", "inventory", "tracker", "dlq")
+    uids = {services[name]["user"] for name in workers}
+    assert len(uids) == len(workers), uids
+    assert "0:0" not in uids
+    for name, service in services.items():
+        environment = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        for key, value in environment.items():
+            if "PASSWORD" in key:  # a file or a folder of files, never the secret itself
+                assert key.endswith(("_FILE", "_DIR")) or not value, f"{name}: {key} in the environment"
+            if key == "SAGALINE_POSTGRES_DSN":
+                assert "sslmode=verify-full" in value, name
+                assert urlsplit(value).password is None, name
+        if name in workers:
+            assert environment["SAGALINE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+            assert "SAGALINE_POSTGRES_PASSWORD_FILE" not in environment, name
+            assert environment["SAGALINE_KAFKA_PASSWORDS_DIR"].startswith("/secrets/"), name
+    kafka = services["kafka"]["environment"]
+    assert "PLAINTEXT" not in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    owners = " ".join(services["secrets"]["command"])
+    for name, uid in (("order", "10001"), ("payment", "10002"), ("dlq", "10005")):
+        assert f"--owner={name}={uid}" in owners
+        assert services[name]["user"] == f"{uid}:{uid}"

@@ -6,9 +6,16 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-project=${SAGALINE_COMPOSE_PROJECT:-sagaline-local}
+secure=${SAGALINE_COMPOSE_SECURE:-0}  # 1: with deploy/compose.secure.yaml (least privilege)
+if [ "$secure" = 1 ]; then
+  project=${SAGALINE_COMPOSE_PROJECT:-sagaline-secure}
+  compose=(docker-compose -p "$project" -f compose.yaml -f tools/containers/compose.local.yaml
+    -f deploy/compose.secure.yaml)
+else
+  project=${SAGALINE_COMPOSE_PROJECT:-sagaline-local}
+  compose=(docker-compose -p "$project" -f compose.yaml -f tools/containers/compose.local.yaml)
+fi
 orders=${SAGALINE_COMPOSE_ORDERS:-1000}
-compose=(docker-compose -p "$project" -f compose.yaml -f tools/containers/compose.local.yaml)
 began=$(date +%s)
 step() { echo "== $* (at $(( $(date +%s) - began ))s)"; }
 
@@ -34,6 +41,39 @@ step "up"
 "${compose[@]}" up -d
 step "demo: $orders orders"
 "${compose[@]}" run --rm -T demo sagaline demo --orders "$orders" --platform attach --seed 8
+if [ "$secure" = 1 ]; then
+  step "least privilege: what each principal is refused"
+  refused() {  # refused WHAT REASON COMMAND...: the command must fail, its output matching REASON
+    local what=$1 reason=$2; shift 2
+    if output=$("$@" 2>&1); then echo "  NOT refused: $what" >&2; exit 1; fi
+    if ! grep -qE "$reason" <<<"$output"; then
+      echo "  $what failed, but not with /$reason/:" >&2; tail -n 5 <<<"$output" >&2; exit 1
+    fi
+    echo "  refused: $what ($(grep -oE "$reason" <<<"$output" | head -n 1))"
+  }
+  refused "payment's uid reading order's Kafka password" "Permission denied" \
+    "${compose[@]}" run --rm -T --no-deps payment cat /secrets/kafka-passwords/order
+  refused "payment's uid reading the PostgreSQL superuser's password" "Permission denied" \
+    "${compose[@]}" run --rm -T --no-deps payment cat /secrets/pg-passwords/admin
+  refused "the payment user producing to orders.events" "TopicAuthorizationFailed" \
+    "${compose[@]}" run --rm -T --no-deps payment python3 -c '
+import asyncio
+from aiokafka import AIOKafkaProducer
+from sagaline.bootstrap import endpoints
+from sagaline.settings import Settings
+async def main() -> None:
+    kafka = (await endpoints(Settings(), start_local=False)).kafka_as("payment")
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait("orders.events", b"forged")
+    finally:
+        await producer.stop()
+asyncio.run(main())'
+  refused "a PLAINTEXT Kafka client on 127.0.0.1:19092" "Failed to acquire metadata" kcat -b 127.0.0.1:19092 -L -m 5
+  refused "PostgreSQL over TCP without TLS" "rejects connection" \
+    psql "host=127.0.0.1 port=15432 dbname=sagaline user=sagaline sslmode=disable connect_timeout=5" -c "SELECT 1"
+fi
 step "prometheus targets"
 python3 - <<'PY'
 import json, time, urllib.request
