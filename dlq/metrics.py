@@ -50,7 +50,7 @@ class DeadLetterGauges:
     async def refresh(self, pool: asyncpg.Pool[Any], schema: str) -> None:
         rows = await pool.fetch(
             "SELECT consumer_group, failure_class, status, count(*) AS n,"
-            " extract(epoch FROM now() - min(indexed_at)) FILTER (WHERE status = 'new') AS oldest_new"
+            " extract(epoch FROM now() - min(indexed_at) FILTER (WHERE status = 'new')) AS oldest_new"
             f" FROM {qualified(schema, 'dead_letters')} GROUP BY 1, 2, 3"
         )
         counts: dict[tuple[str, str, str], int] = {}

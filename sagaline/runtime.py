@@ -168,3 +168,23 @@ async def supervised(
             if stop.is_set():
                 return
             delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+
+
+async def until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, deadline_s: float) -> None:
+    """Run until stop (or a task fails); then give the tasks `deadline_s` to finish."""
+    stop_waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    finished, unfinished = await asyncio.wait(tasks, timeout=deadline_s)
+    for task in unfinished:
+        log.error(
+            "%s did not stop within %.0fs: abandoning its batch (it will be redelivered)",
+            task.get_name(),
+            deadline_s,
+        )
+        task.cancel()
+    stop_waiter.cancel()
+    for task in finished:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error

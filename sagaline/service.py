@@ -28,7 +28,7 @@ from producers.publisher import PASS_SENDER, Publisher
 from producers.relay import OutboxRelay
 from sagaline.bootstrap import close_pool, create_pool, endpoints
 from sagaline.ops import OpsServer, process_registry
-from sagaline.runtime import supervised
+from sagaline.runtime import supervised, until_stopped
 from sagaline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,29 +125,9 @@ async def serve(
                 asyncio.create_task(supervised(name, loop, stop), name=name) for name, loop in loops.items()
             ]
             try:
-                await _until_stopped(tasks, stop, settings.shutdown_deadline_s)
+                await until_stopped(tasks, stop, settings.shutdown_deadline_s)
             finally:
                 await ops.stop()
     finally:
         await close_pool(pool)
     log.info("%s: stopped cleanly", spec.name)
-
-
-async def _until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, deadline_s: float) -> None:
-    """Run until stop (or a task fails); then give the tasks `deadline_s` to finish."""
-    stop_waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
-    stop.set()
-    finished, unfinished = await asyncio.wait(tasks, timeout=deadline_s)
-    for task in unfinished:
-        log.error(
-            "%s did not stop within %.0fs: abandoning its batch (it will be redelivered)",
-            task.get_name(),
-            deadline_s,
-        )
-        task.cancel()
-    stop_waiter.cancel()
-    for task in finished:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error

@@ -28,7 +28,7 @@ from producers.publisher import Publisher
 from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out, read_input, safe
 from sagaline.ops import OpsServer, process_registry
-from sagaline.runtime import configure_logging, run_service, stop_event_on_signals, supervised
+from sagaline.runtime import configure_logging, run_service, stop_event_on_signals, supervised, until_stopped
 from sagaline.settings import Settings
 from sagas.config import SERVICES
 from sagas.services import SPECS
@@ -144,11 +144,14 @@ def index(
             await ops.start()
             config = saga_config(settings)
             gauges = dlq_metrics.gauge_loop(pool, schema, registry, [config.group(s) for s in SERVICES])
-            try:
-                await asyncio.gather(
-                    supervised("dlq-index", lambda: indexer.run(stop), stop),
-                    supervised("dlq-gauges", lambda: gauges(stop), stop),
-                )
+            tasks = [
+                asyncio.create_task(
+                    supervised("dlq-index", lambda: indexer.run(stop), stop), name="dlq-index"
+                ),
+                asyncio.create_task(supervised("dlq-gauges", lambda: gauges(stop), stop), name="dlq-gauges"),
+            ]
+            try:  # a stop is bounded as in the services: SAGALINE_SHUTDOWN_DEADLINE_S
+                await until_stopped(tasks, stop, settings.shutdown_deadline_s)
             finally:
                 await ops.stop()
         finally:

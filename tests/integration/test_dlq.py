@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 
 from consumers import lanes as h
 from consumers.lanes import Lanes, first_retry_lane
 from dlq import actions, store
+from dlq.metrics import DeadLetterGauges
 from producers.admin import ensure_topics
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
@@ -56,6 +58,15 @@ async def test_poison_is_indexed_fixed_and_replayed_exactly_once_only_to_the_fai
     [entry] = found
     assert entry.consumer_group == saga.config.group("payment")
     assert entry.exception_type == "asyncpg.exceptions.UndefinedTableError"
+    # the indexer's gauges (what the dead-letter alerts read) see it, from the same index
+    registry = CollectorRegistry()
+    gauges = DeadLetterGauges(registry, [saga.config.group(s) for s in ("order", "payment")])
+    await gauges.refresh(operator.pool, operator.schema)
+    labels = {"group": saga.config.group("payment"), "failure_class": "permanent", "status": "new"}
+    assert registry.get_sample_value("sagaline_dlq_entries", labels) == 1
+    oldest = registry.get_sample_value("sagaline_dlq_oldest_new_age_seconds")
+    assert oldest is not None
+    assert 0 <= oldest < 120
     assert entry.event_type == "io.sagaline.OrderPlaced"
     assert entry.saga_id == "o-1"
     assert entry.source_topic == saga.config.topics.orders

@@ -51,25 +51,8 @@ if [ "$secure" = 1 ]; then
     fi
     echo "  refused: $what ($(grep -oE "$reason" <<<"$output" | head -n 1))"
   }
-  refused "payment's uid reading order's Kafka password" "Permission denied" \
-    "${compose[@]}" run --rm -T --no-deps payment cat /secrets/kafka-passwords/order
-  refused "payment's uid reading the PostgreSQL superuser's password" "Permission denied" \
-    "${compose[@]}" run --rm -T --no-deps payment cat /secrets/pg-passwords/admin
-  refused "the payment user producing to orders.events" "TopicAuthorizationFailed" \
-    "${compose[@]}" run --rm -T --no-deps payment python3 -c '
-import asyncio
-from aiokafka import AIOKafkaProducer
-from sagaline.bootstrap import endpoints
-from sagaline.settings import Settings
-async def main() -> None:
-    kafka = (await endpoints(Settings(), start_local=False)).kafka_as("payment")
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait("orders.events", b"forged")
-    finally:
-        await producer.stop()
-asyncio.run(main())'
+  # as the payment service (its uid, its settings), in one container
+  "${compose[@]}" run --rm -T --no-deps payment python3 -c "$(cat tools/containers/secure-denials.py)"
   refused "a PLAINTEXT Kafka client on 127.0.0.1:19092" "Failed to acquire metadata" kcat -b 127.0.0.1:19092 -L -m 5
   refused "PostgreSQL over TCP without TLS" "rejects connection" \
     psql "host=127.0.0.1 port=15432 dbname=sagaline user=sagaline sslmode=disable connect_timeout=5" -c "SELECT 1"
