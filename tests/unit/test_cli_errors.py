@@ -114,3 +114,16 @@ def test_an_unreachable_kafka_is_named_once_without_leaking_clients(tmp_path: Pa
     }
     line = _one_line(_cli("publish", "PlaceOrder", "--file", str(payload), env=env), 1)
     assert f"Kafka at 127.0.0.1:{port} is unreachable" in line
+
+
+@pytest.mark.parametrize(
+    ("owner", "reason"),
+    [("bogus=10001", "NAME one of order, payment"), ("order=ten", "UID and GID must be numbers")],
+)
+def test_a_bad_secrets_owner_is_one_line_and_writes_nothing(tmp_path: Path, owner: str, reason: str) -> None:
+    result = _cli("secrets", "init", str(tmp_path / "secrets"), "--owner", owner)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert reason in lines[0]
+    assert not (tmp_path / "secrets").exists()
