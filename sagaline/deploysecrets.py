@@ -66,7 +66,7 @@ def init(
     secretfiles.ensure_password_files(pg_passwords, [*roles, PG_ADMIN])
     scram = directory / "kafka" / "scram-users"
     scram.parent.mkdir(exist_ok=True)
-    _write_private(
+    secretfiles.write_private(
         scram,
         "".join(
             f"SCRAM-SHA-512=[name={user},password={secretfiles.read_password(kafka_passwords, user)}]\n"
@@ -99,10 +99,3 @@ def init(
             SecretFile(path, owner, path not in made_before, info.st_uid, stat.S_IMODE(info.st_mode))
         )
     return report
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path`, never readable by others, even for a moment."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)

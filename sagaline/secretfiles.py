@@ -32,3 +32,10 @@ def ensure_password_files(directory: Path, names: list[str]) -> list[str]:
                 handle.write(secrets.token_urlsafe(24) + "\n")
             made.append(name)
     return made
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600), never readable by others, even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

@@ -13,11 +13,11 @@ TLS as the alternative to SCRAM.
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from sagaline import secretfiles
 from sagaline.localstack import process
 
 DAYS = 825  # the longest validity clients accept for a leaf certificate
@@ -117,7 +117,9 @@ def ensure(directory: Path, hosts: tuple[str, ...] = LOCAL_HOSTS) -> TlsMaterial
             key,
             extensions=_server_extensions(hosts, "serverAuth,clientAuth"),
         )
-        _write_private(material.broker_keystore, key.read_text() + material.broker_cert.read_text())
+        secretfiles.write_private(
+            material.broker_keystore, key.read_text() + material.broker_cert.read_text()
+        )
     return material
 
 
@@ -160,12 +162,6 @@ def _leaf(material: TlsMaterial, cn: str, cert: Path, key: Path, *, extensions: 
     finally:
         csr.unlink(missing_ok=True)
         ext.unlink(missing_ok=True)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def _openssl(*args: str) -> None:
