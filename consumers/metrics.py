@@ -49,3 +49,9 @@ class ConsumerMetrics:
         self.in_flight = Gauge(
             "sagaline_consumer_in_flight", "Records being processed now.", ["group"], registry=registry
         )
+        self.lingering = Gauge(
+            "sagaline_consumer_lingering",
+            "1 while the group's fetches wait for records to pile up (SAGALINE_WORKER_LINGER_MS), else 0.",
+            ["group"],
+            registry=registry,
+        )

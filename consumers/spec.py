@@ -39,10 +39,11 @@ class WorkerSpec:
     budget: RetryBudget = field(default_factory=RetryBudget)
     run_relay: bool = True
     transaction_per_message: bool = False
-    batch_wait_ms: int = 0
-    """For a service off the saga's critical path (the tracker's projection): how long a fetch
-    may wait for records to pile up (up to 256 KiB), so it applies few large units of work
-    instead of one per record. 0: react to every record."""
     """True for services whose messages contend for hot rows (see UnitOfWork)."""
+    batch_wait_ms: int = 0
+    """For a service off the saga's critical path (the tracker's projection): how long every
+    fetch waits for records to pile up (up to 256 KiB), so it applies few large units of work
+    instead of one per record, whatever the load. 0: the adaptive linger of the settings
+    (SAGALINE_WORKER_LINGER_MS) instead."""
     background: tuple[BackgroundTask, ...] = ()
     """Extra loops run beside the worker until stop (e.g. the order service's deadlines)."""

@@ -6,7 +6,9 @@ offsets — only after the database transaction committed and the lane records w
 acknowledged. Offsets of applied units are committed together at most `commit_interval_s`
 apart (an offset commit is a round trip to the broker that a small unit of work would
 otherwise pay every time), and at once when a poll comes back empty; what a crash leaves
-uncommitted is delivered again and dropped by the inbox. Retry lanes hold a partition
+uncommitted is delivered again and dropped by the inbox. While records arrive fast enough,
+fetches linger on the broker so that they pile up into fewer units of work
+(consumers.linger). Retry lanes hold a partition
 (pause + seek) until its head record is due, without blocking other partitions and without
 polling in a hot loop. On revoke, the batch in hand finishes and every applied offset is
 committed before the partitions go. On stop, the same: finish, commit, close.
@@ -25,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from consumers.diagnostics import Redactor
 from consumers.lanes import Lanes, failed_record
+from consumers.linger import FetchWait, Linger
 from consumers.logcontext import about_message
 from consumers.metrics import ConsumerMetrics
 from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
@@ -50,6 +53,10 @@ class WorkerOptions:
     # every record (a saga step); more lets records pile up into fewer, larger units of work
     fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 500
+    # > 0: while records arrive fast enough to pile up, fetches wait up to this long for them
+    # (fewer, larger units of work); at lower rates every record is reacted to (consumers.linger)
+    linger_ms: int = 0
+    linger_bytes: int = 256 * 1024  # a lingering fetch returns early once this much is there
     failure_backoff_s: float = 1.0
     sensitive_fields: tuple[str, ...] = ()  # masked in dead-letter diagnostics and logs
     log_limit: int = 1000  # characters of exception text in one log line
@@ -81,6 +88,7 @@ class Worker:
         self.running = False
         if metrics:  # every series at 0 from the start: a rate or an alert sees the first event
             metrics.duplicates.labels(self.group)
+            metrics.lingering.labels(self.group).set(0)
             for failure_class in ("transient", "permanent"):
                 metrics.dead_lettered.labels(self.group, failure_class)
             for lane in range(1, len(lanes.delays_s) + 1):
@@ -121,6 +129,7 @@ class Worker:
         await consumer.start()
         self._consumer = consumer
         self._committed_at = time.monotonic()
+        linger = self._linger(consumer)
         self.running = True
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -136,6 +145,12 @@ class Worker:
                         await fetch
                     break
                 batch = fetch.result()
+                if linger is not None:
+                    change = linger.observe(time.monotonic(), sum(map(len, batch.values())))
+                    if change is not None:
+                        _set_fetch_wait(consumer, change)
+                        if self.metrics:
+                            self.metrics.lingering.labels(self.group).set(int(linger.lingering))
                 if batch:
                     await self._handle_batch(consumer, batch)
                 else:
@@ -150,6 +165,18 @@ class Worker:
                 handle.cancel()
             await consumer.stop()
             self._consumer = None
+
+    def _linger(self, consumer: AIOKafkaConsumer) -> Linger | None:
+        """A new consumer's fetches start out reacting to every record."""
+        if self.metrics:
+            self.metrics.lingering.labels(self.group).set(0)
+        if self.options.linger_ms <= 0:
+            return None
+        if not _can_set_fetch_wait(consumer):
+            log.warning("%s: this aiokafka cannot change a fetch's wait; linger off", self.group)
+            return None
+        idle = FetchWait(self.options.fetch_min_bytes, self.options.fetch_max_wait_ms)
+        return Linger(self.options.linger_ms, batch_bytes=self.options.linger_bytes, idle=idle)
 
     async def _handle_batch(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         """Apply everything one poll returned — every partition's due records, in order within
@@ -315,6 +342,21 @@ class Worker:
                 self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(
                     max(highwater - position, 0)
                 )
+
+
+def _can_set_fetch_wait(consumer: AIOKafkaConsumer) -> bool:
+    fetcher = getattr(consumer, "_fetcher", None)
+    return all(hasattr(fetcher, name) for name in ("_fetch_min_bytes", "_fetch_max_wait_ms"))
+
+
+def _set_fetch_wait(consumer: AIOKafkaConsumer, wait: FetchWait) -> None:
+    """What the next fetch requests ask the broker to wait for. aiokafka fixes these at
+    construction and reads them for every request it builds, so the fetcher's two fields are
+    set (pinned by tests/unit/test_linger.py: an aiokafka that renames them turns linger off
+    with a warning, and fails that test)."""
+    fetcher: Any = consumer._fetcher
+    fetcher._fetch_min_bytes = wait.min_bytes
+    fetcher._fetch_max_wait_ms = wait.max_wait_ms
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

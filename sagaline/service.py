@@ -34,7 +34,7 @@ from sagaline.settings import Settings
 log = logging.getLogger(__name__)
 
 
-BATCH_BYTES = 256 * 1024  # what a waiting fetch (WorkerSpec.batch_wait_ms) collects at most
+BATCH_BYTES = 256 * 1024  # what a waiting or lingering fetch collects at most
 
 
 async def serve(
@@ -83,7 +83,7 @@ async def serve(
                     **(
                         {"fetch_min_bytes": BATCH_BYTES, "fetch_max_wait_ms": spec.batch_wait_ms}
                         if spec.batch_wait_ms
-                        else {}
+                        else {"linger_ms": settings.worker_linger_ms, "linger_bytes": BATCH_BYTES}
                     ),
                     sensitive_fields=settings.redact_fields,
                 ),

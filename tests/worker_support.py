@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 
+from consumers import inbox
 from consumers.lanes import Lanes
-from consumers.unit_of_work import RetryBudget
+from consumers.metrics import ConsumerMetrics
+from consumers.unit_of_work import RetryBudget, UnitOfWork
+from consumers.worker import Worker, WorkerOptions
+from producers import outbox
 from producers.connection import KafkaConnection
 from producers.publisher import Publisher
 from sagaline.service import serve
@@ -126,3 +133,37 @@ class LedgerService:
     async def ledger_rows(self) -> int:
         count: int = await self.scalar("SELECT count(*) FROM {s}.ledger")
         return count
+
+
+@asynccontextmanager
+async def running(service: LedgerService, registry: CollectorRegistry, **options: Any) -> AsyncIterator[None]:
+    """The ledger worker built directly, in this process, with the given `WorkerOptions`
+    (how long a poll waits, the commit interval, the linger)."""
+    assert service.pool is not None
+    spec = ledger.spec(service.group, service.topic, service.schema, service.prefix, service.delays)
+    async with service.pool.acquire() as conn:
+        await outbox.install(conn, spec.schema)
+        await inbox.install(conn, spec.schema)
+        assert spec.migrate is not None
+        await spec.migrate(conn)
+    lanes = Lanes(spec.group, spec.delays_s, spec.topics.prefix)
+    uow = UnitOfWork(
+        service.pool,
+        schema=spec.schema,
+        group=spec.group,
+        source=spec.source,
+        handlers=spec.build_handlers(service.pool, registry),
+        topics=spec.topics,
+        lanes=lanes,
+    )
+    stop = asyncio.Event()
+    async with Publisher(service.kafka, source=spec.source) as publisher:
+        worker_options = WorkerOptions(topics=spec.subscribe, **options)
+        worker = Worker(service.kafka, uow, publisher, lanes, worker_options, ConsumerMetrics(registry))
+        await worker.ensure_lanes()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)

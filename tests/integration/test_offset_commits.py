@@ -5,61 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers import inbox
-from consumers.lanes import Lanes
-from consumers.metrics import ConsumerMetrics
-from consumers.unit_of_work import UnitOfWork
-from consumers.worker import Worker, WorkerOptions
-from producers import outbox
 from producers.connection import KafkaConnection
-from producers.publisher import Publisher
 from tests.support import committed, wait_until
-from tests.worker_support import LedgerService, placed
-from tests.workers import ledger
+from tests.worker_support import LedgerService, placed, running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
-
-
-@asynccontextmanager
-async def running(
-    service: LedgerService, registry: CollectorRegistry, *, fetch_timeout_ms: int, commit_interval_s: float
-) -> AsyncIterator[None]:
-    """The ledger worker, built directly so the test sets how long a poll may wait."""
-    assert service.pool is not None
-    spec = ledger.spec(service.group, service.topic, service.schema, service.prefix, service.delays)
-    async with service.pool.acquire() as conn:
-        await outbox.install(conn, spec.schema)
-        await inbox.install(conn, spec.schema)
-        assert spec.migrate is not None
-        await spec.migrate(conn)
-    lanes = Lanes(spec.group, spec.delays_s, spec.topics.prefix)
-    uow = UnitOfWork(
-        service.pool,
-        schema=spec.schema,
-        group=spec.group,
-        source=spec.source,
-        handlers=spec.build_handlers(service.pool, registry),
-        topics=spec.topics,
-        lanes=lanes,
-    )
-    options = WorkerOptions(
-        topics=spec.subscribe, fetch_timeout_ms=fetch_timeout_ms, commit_interval_s=commit_interval_s
-    )
-    stop = asyncio.Event()
-    async with Publisher(service.kafka, source=spec.source) as publisher:
-        worker = Worker(service.kafka, uow, publisher, lanes, options, ConsumerMetrics(registry))
-        await worker.ensure_lanes()
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=60)
 
 
 @pytest.fixture

@@ -1,0 +1,114 @@
+"""The adaptive fetch linger: when fetches wait for records to pile up, and that the wait
+reaches the fetch requests aiokafka builds."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.consumer.fetcher import Fetcher
+
+from consumers.linger import ENTER_EXPECTED, LEAVE_EXPECTED, WINDOW_S, FetchWait, Linger
+from consumers.worker import _can_set_fetch_wait, _set_fetch_wait
+
+IDLE = FetchWait(min_bytes=1, max_wait_ms=500)
+
+
+def linger(wait_ms: int = 50) -> Linger:
+    return Linger(wait_ms, batch_bytes=256 * 1024, idle=IDLE)
+
+
+def feed(tracker: Linger, start: float, per_s: float, seconds: float) -> list[FetchWait]:
+    """One record per poll at `per_s`; the mode changes it reported."""
+    changes = []
+    n = int(per_s * seconds)
+    for i in range(n):
+        change = tracker.observe(start + i / per_s, 1)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def test_a_trickle_never_lingers() -> None:
+    tracker = linger(50)
+    below = ENTER_EXPECTED / 0.050 * 0.9  # records/s just under what a 50 ms wait must gather
+    assert feed(tracker, 0.0, below, 5.0) == []
+    assert not tracker.lingering
+
+
+def test_a_stream_that_a_wait_would_gather_lingers_with_the_broker_side_wait() -> None:
+    tracker = linger(50)
+    changes = feed(tracker, 0.0, ENTER_EXPECTED / 0.050 * 2, 2.0)
+    assert changes == [FetchWait(min_bytes=256 * 1024, max_wait_ms=50)]
+    assert tracker.lingering
+
+
+def test_between_the_thresholds_the_mode_holds_either_way() -> None:
+    between = (ENTER_EXPECTED + LEAVE_EXPECTED) / 2 / 0.050  # records/s
+    idle = linger(50)
+    assert feed(idle, 0.0, between, 3.0) == []  # not enough to start lingering
+    busy = linger(50)
+    assert feed(busy, 0.0, ENTER_EXPECTED / 0.050 * 3, 2.0)  # lingering now
+    assert feed(busy, 2.0, between, 3.0) == []  # slower, but not enough to flap back
+    assert busy.lingering
+
+
+def test_when_records_stop_the_next_empty_poll_reacts_to_every_record_again() -> None:
+    tracker = linger(50)
+    feed(tracker, 0.0, 1000, 1.0)
+    assert tracker.lingering
+    assert tracker.observe(1.0 + WINDOW_S / 2, 0) is None  # the last second still counts
+    assert tracker.observe(1.0 + WINDOW_S + 0.01, 0) == IDLE
+    assert not tracker.lingering
+    assert tracker.rate(1.0 + WINDOW_S + 0.01) == 0
+
+
+def test_the_rate_counts_every_record_of_a_poll() -> None:
+    tracker = linger(50)
+    tracker.observe(10.0, 300)
+    tracker.observe(10.5, 200)
+    assert tracker.rate(10.6) == 500 / WINDOW_S
+    assert tracker.rate(11.2) == 200 / WINDOW_S
+
+
+def test_a_wait_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="wait_ms"):
+        Linger(0, batch_bytes=1, idle=IDLE)
+
+
+async def test_the_wait_reaches_the_fetch_requests_aiokafka_builds() -> None:
+    """Pins aiokafka's fetcher fields `_set_fetch_wait` sets: the next fetch request built
+    for a partition carries the new wait and minimum size."""
+    tp = TopicPartition("t", 0)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client: Any = SimpleNamespace(
+        _loop=asyncio.get_running_loop(),
+        _metadata_max_age_ms=300_000,
+        cluster=SimpleNamespace(leader_for_partition=lambda _tp: 1, broker_metadata=lambda _n: object()),
+    )
+    subscriptions: Any = SimpleNamespace(
+        subscription=None, register_fetch_waiters=lambda _w: None, wait_for_assignment=lambda: never
+    )
+    fetcher = Fetcher(client, subscriptions, fetch_min_bytes=1, fetch_max_wait_ms=500)
+    try:
+        consumer: Any = SimpleNamespace(_fetcher=fetcher)
+        assert _can_set_fetch_wait(consumer)
+        _set_fetch_wait(consumer, FetchWait(min_bytes=262_144, max_wait_ms=50))
+        state = SimpleNamespace(has_valid_position=True, paused=False, position=7)
+        assignment = SimpleNamespace(tps=[tp], state_value=lambda _tp: state)
+        requests = fetcher._get_actions_per_node(assignment)[0]
+        [(node, request)] = requests
+        assert node == 1
+        assert (request._max_wait_ms, request._min_bytes) == (50, 262_144)
+    finally:
+        fetcher._fetch_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetcher._fetch_task
+        never.cancel()
+
+
+def test_a_consumer_without_those_fields_is_reported() -> None:
+    assert not _can_set_fetch_wait(SimpleNamespace(_fetcher=SimpleNamespace()))
