@@ -41,6 +41,7 @@ from schemas.topics import TopicSpec
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 1.0
+POSITION_TIMEOUT_S = 0.2  # how long the once-a-second check waits for a partition's position
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class WorkerOptions:
     linger_ms: int = 0
     linger_bytes: int = 256 * 1024  # a lingering fetch returns early once this much is there
     failure_backoff_s: float = 1.0
+    stall_after_s: float = 60.0  # an assigned partition without a position this long: new consumer
     sensitive_fields: tuple[str, ...] = ()  # masked in dead-letter diagnostics and logs
     log_limit: int = 1000  # characters of exception text in one log line
 
@@ -94,6 +96,7 @@ class Worker:
             for lane in range(1, len(lanes.delays_s) + 1):
                 metrics.retried.labels(self.group, str(lane))
         self._lag_observed = 0.0
+        self._unpositioned: dict[TopicPartition, float] = {}  # since when each has had no position
 
     @property
     def ready(self) -> bool:
@@ -129,6 +132,7 @@ class Worker:
         await consumer.start()
         self._consumer = consumer
         self._committed_at = time.monotonic()
+        self._unpositioned = {}
         linger = self._linger(consumer)
         self.running = True
         stopping = asyncio.ensure_future(stop.wait())
@@ -155,7 +159,7 @@ class Worker:
                     await self._handle_batch(consumer, batch)
                 else:
                     await self._commit_applied(consumer)
-                await self._observe_lag(consumer)
+                await self._observe_positions(consumer)
             async with self._batch_lock:
                 await self._commit_applied(consumer)
         finally:
@@ -329,19 +333,50 @@ class Worker:
         for future, topic, eid in futures:
             await Publisher.acknowledged(future, topic, eid)
 
-    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Refresh the lag gauges, at most once a second (a position per assigned partition,
-        lanes included, after every batch would cost more than the batch at low load)."""
-        if not self.metrics or time.monotonic() - self._lag_observed < LAG_INTERVAL_S:
+    async def _observe_positions(self, consumer: AIOKafkaConsumer) -> None:
+        """Once a second: refresh the lag gauges, and notice a consumer that cannot find where
+        to read. A partition has no position until the group's committed offset (or the reset
+        to the earliest) is known; aiokafka looks it up in the background and retries for as
+        long as it fails — once (chaos S7, a broker paused 30 s) it asked the same broker
+        every 100 ms for four minutes and never fetched again. So a partition without a
+        position for `stall_after_s` ends this run of the loop with `ConsumerStalled`: the
+        supervisor starts a new consumer (fresh metadata, a fresh join) after its backoff."""
+        now = time.monotonic()
+        if now - self._lag_observed < LAG_INTERVAL_S:
             return
-        self._lag_observed = time.monotonic()
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                position = await consumer.position(tp)
-                self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(
-                    max(highwater - position, 0)
-                )
+        self._lag_observed = now
+        assigned = list(consumer.assignment())
+        lookups = {tp: asyncio.ensure_future(consumer.position(tp)) for tp in assigned}
+        if lookups:  # a valid position comes back at once; a missing one within the timeout or never
+            await asyncio.wait(lookups.values(), timeout=POSITION_TIMEOUT_S)
+        missing: list[TopicPartition] = []
+        for tp, lookup in lookups.items():
+            if not lookup.done():
+                lookup.cancel()
+                missing.append(tp)
+            elif lookup.exception() is not None:  # unassigned meanwhile: a rebalance, not a stall
+                pass
+            elif self.metrics and (highwater := consumer.highwater(tp)) is not None:
+                lag = max(highwater - lookup.result(), 0)
+                self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
+        self._unpositioned = {tp: self._unpositioned.get(tp, now) for tp in missing}
+        stalled = sorted(
+            (
+                f"{tp.topic}[{tp.partition}]"
+                for tp, since in self._unpositioned.items()
+                if now - since >= self.options.stall_after_s
+            )
+        )
+        if stalled:
+            raise ConsumerStalled(
+                f"{self.group}: no position for {', '.join(stalled)} in {self.options.stall_after_s:.0f}s;"
+                " restarting the consumer"
+            )
+
+
+class ConsumerStalled(TimeoutError):
+    """Assigned partitions have had no position for too long: the consumer is stuck (transient:
+    the supervisor restarts the worker's loop with a new consumer)."""
 
 
 def _can_set_fetch_wait(consumer: AIOKafkaConsumer) -> bool:
@@ -352,7 +387,7 @@ def _can_set_fetch_wait(consumer: AIOKafkaConsumer) -> bool:
 def _set_fetch_wait(consumer: AIOKafkaConsumer, wait: FetchWait) -> None:
     """What the next fetch requests ask the broker to wait for. aiokafka fixes these at
     construction and reads them for every request it builds, so the fetcher's two fields are
-    set (pinned by tests/unit/test_linger.py: an aiokafka that renames them turns linger off
+    set (pinned by tests/unit/test_worker_fetch.py: an aiokafka that renames them turns linger off
     with a warning, and fails that test)."""
     fetcher: Any = consumer._fetcher
     fetcher._fetch_min_bytes = wait.min_bytes

@@ -10,9 +10,13 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
+from prometheus_client import CollectorRegistry
 
+from consumers.errors import classify
+from consumers.lanes import Lanes
 from consumers.linger import ENTER_EXPECTED, LEAVE_EXPECTED, WINDOW_S, FetchWait, Linger
-from consumers.worker import _can_set_fetch_wait, _set_fetch_wait
+from consumers.metrics import ConsumerMetrics
+from consumers.worker import ConsumerStalled, Worker, WorkerOptions, _can_set_fetch_wait, _set_fetch_wait
 
 IDLE = FetchWait(min_bytes=1, max_wait_ms=500)
 
@@ -112,3 +116,67 @@ async def test_the_wait_reaches_the_fetch_requests_aiokafka_builds() -> None:
 
 def test_a_consumer_without_those_fields_is_reported() -> None:
     assert not _can_set_fetch_wait(SimpleNamespace(_fetcher=SimpleNamespace()))
+
+
+class _Consumer:
+    """The three calls the position check makes, for partitions whose position is known
+    (`positions`) or never comes (the rest of `assigned`)."""
+
+    def __init__(self, assigned: set[TopicPartition], positions: dict[TopicPartition, int]) -> None:
+        self.assigned, self.positions = assigned, positions
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 10
+
+    async def position(self, tp: TopicPartition) -> int:
+        if tp not in self.positions:
+            await asyncio.Event().wait()  # aiokafka's position() waits for as long as it has none
+        return self.positions[tp]
+
+
+def _worker(stall_after_s: float, registry: CollectorRegistry) -> Worker:
+    options = WorkerOptions(topics=("t",), stall_after_s=stall_after_s)
+    unused: Any = None
+    return Worker(unused, unused, unused, Lanes("g"), options, ConsumerMetrics(registry))
+
+
+async def _check(worker: Worker, consumer: Any) -> None:
+    worker._lag_observed = 0.0  # as if a second had passed
+    await worker._observe_positions(consumer)
+
+
+async def test_a_partition_without_a_position_for_too_long_ends_the_loop_as_transient() -> None:
+    registry = CollectorRegistry()
+    worker = _worker(0.5, registry)
+    ok, stuck = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer: Any = _Consumer({ok, stuck}, {ok: 7})
+    await _check(worker, consumer)  # the clock starts
+    assert (
+        registry.get_sample_value("sagaline_consumer_lag", {"group": "g", "topic": "t", "partition": "0"})
+        == 3
+    )
+    await asyncio.sleep(0.2)
+    await _check(worker, consumer)  # not long enough yet
+    await asyncio.sleep(0.4)
+    with pytest.raises(ConsumerStalled, match=r"no position for t\[1\]") as raised:
+        await _check(worker, consumer)
+    assert classify(raised.value) == "transient"  # the supervisor restarts the loop
+
+
+async def test_a_position_that_comes_back_resets_the_clock() -> None:
+    worker = _worker(0.5, CollectorRegistry())
+    tp = TopicPartition("t", 0)
+    consumer: Any = _Consumer({tp}, {})
+    await _check(worker, consumer)
+    await asyncio.sleep(0.3)
+    consumer.positions[tp] = 1  # found its position (a rebalance, a slow lookup)
+    await _check(worker, consumer)
+    del consumer.positions[tp]
+    await asyncio.sleep(0.3)
+    await _check(worker, consumer)  # 0.6 s since the first miss, but only 0.3 s since the last
+    await asyncio.sleep(0.3)
+    with pytest.raises(ConsumerStalled):
+        await _check(worker, consumer)
