@@ -5,12 +5,10 @@ the worker goes back to reacting to every record."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from producers.connection import KafkaConnection
 from producers.publisher import Publisher
 from tests.support import wait_until
 from tests.worker_support import LedgerService, placed, running
@@ -20,19 +18,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 LINGER_MS = 200
 
 
-@pytest.fixture
-async def service(kafka: KafkaConnection, postgres_dsn: str, unique: str) -> AsyncIterator[LedgerService]:
-    service = LedgerService(kafka, postgres_dsn, unique, delays=(0.5,))
-    await service.setup()
-    yield service
-    await service.close()
-
-
 async def test_a_steady_stream_is_applied_in_few_units_and_an_idle_worker_reacts_at_once_again(
-    service: LedgerService,
+    ledger_service: LedgerService,
 ) -> None:
     registry = CollectorRegistry()
-    labels = {"group": service.group}
+    labels = {"group": ledger_service.group}
 
     def lingering() -> float | None:
         return registry.get_sample_value("sagaline_consumer_lingering", labels)
@@ -46,13 +36,15 @@ async def test_a_steady_stream_is_applied_in_few_units_and_an_idle_worker_reacts
 
     async def stream() -> None:  # one record at a time, as fast as acks come back (≫ 20/s)
         nonlocal published
-        async with Publisher(service.kafka, source="/tests/order", topics=service.topics) as publisher:
+        async with Publisher(
+            ledger_service.kafka, source="/tests/order", topics=ledger_service.topics
+        ) as publisher:
             while streaming.is_set():
                 await publisher.publish(placed(f"o-{published}"))
                 published += 1
                 await asyncio.sleep(0.002)
 
-    async with running(service, registry, fetch_timeout_ms=100, linger_ms=LINGER_MS):
+    async with running(ledger_service, registry, fetch_timeout_ms=100, linger_ms=LINGER_MS):
         assert lingering() == 0
         producer = asyncio.create_task(stream())
         try:
@@ -67,12 +59,12 @@ async def test_a_steady_stream_is_applied_in_few_units_and_an_idle_worker_reacts
         # (reacting to every record, the same stream is one unit per record or close to it)
         assert records_during >= 40, records_during
         assert during <= 2.0 / (LINGER_MS / 1000) + 5, (during, records_during)
-        await wait_until(lambda: _rows(service, published), timeout_s=60)
+        await wait_until(lambda: _rows(ledger_service, published), timeout_s=60)
         # the stream stopped: after a second without records the worker reacts at once again
         await wait_until(lambda: _is(lingering(), 0.0), timeout_s=30)
         before = units()
-        await service.publish([placed("single")])
-        await wait_until(lambda: _rows(service, published + 1), timeout_s=30)
+        await ledger_service.publish([placed("single")])
+        await wait_until(lambda: _rows(ledger_service, published + 1), timeout_s=30)
         assert units() == before + 1
 
 
@@ -80,5 +72,5 @@ async def _is(value: float | None, expected: float) -> bool:
     return value == expected
 
 
-async def _rows(service: LedgerService, n: int) -> bool:
-    return await service.ledger_rows() == n
+async def _rows(ledger_service: LedgerService, n: int) -> bool:
+    return await ledger_service.ledger_rows() == n
