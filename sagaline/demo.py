@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from producers.connection import KafkaConnection
-from producers.db import qualified
+from producers.db import DbConnection, qualified
 from producers.publisher import Publisher
 from sagas import invariants, seed
 from sagas.config import SagaConfig
@@ -46,6 +46,9 @@ class DemoOptions:
     system's state), so latency means time in the saga; None publishes all at once."""
 
 
+SERVICES = ("order", "payment", "inventory")  # the saga's participants: whose outbox feeds whose inbox
+
+
 @dataclass
 class DemoResult:
     run_id: str
@@ -55,9 +58,17 @@ class DemoResult:
     seconds: float
     sagas_per_s: float
     latency_ms: dict[str, float]
+    """A saga's latency: from its last request published (its PlaceOrder, or the CancelOrder
+    of an order its customer cancels: the wait before a customer cancels is not the saga's)
+    to its terminal state in the order service."""
     invariants: invariants.InvariantReport
     order_ids: list[str] = field(repr=False, default_factory=list)
     offered_rate: float | None = None
+    hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Where the latency goes: for each hop (`request→order`: published → the order row
+    written; `order→payment` and so on: staged in the outbox → claimed in the next service's
+    inbox, which includes the commit, the relay, the broker and the fetch), the hop's
+    percentiles over this run's sagas and how many there were (`n`)."""
 
     @property
     def ok(self) -> bool:
@@ -73,6 +84,7 @@ class DemoResult:
             "seconds": round(self.seconds, 2),
             "sagas_per_s": round(self.sagas_per_s, 1),
             "latency_ms": self.latency_ms,
+            "hops_ms": self.hops_ms,
             "offered_rate": self.offered_rate,
             "invariants": {"checked": self.invariants.checked, "violations": self.invariants.violations},
             "money": self.invariants.figures,
@@ -131,7 +143,9 @@ async def run_demo(
         await seed.add_accounts(conn, config, accounts)
         await seed.add_stock(conn, config, stock)
 
-    published_at: dict[str, datetime] = {}
+    started_at = datetime.now(UTC)
+    published_at: dict[str, datetime] = {}  # order id -> when its last request was published
+    placed: dict[str, datetime] = {}  # order id -> when its PlaceOrder was, for those cancelled since
     started = time.monotonic()
     async with Publisher(kafka, source="/demo/storefront", topics=config.topics) as publisher:
         limit = asyncio.Semaphore(options.concurrency)
@@ -140,15 +154,19 @@ async def run_demo(
             if options.rate:
                 await asyncio.sleep(max(0.0, started + number / options.rate - time.monotonic()))
             async with limit:
+                sent = datetime.now(UTC)
                 await publisher.publish(order)
-                published_at[order.order_id] = datetime.now(UTC)
+                published_at[order.order_id] = sent
                 if order.order_id in cancels:
                     await asyncio.sleep(random.random() * 0.3)  # cancel at whatever step it has reached
+                    placed[order.order_id] = sent
+                    published_at[order.order_id] = datetime.now(UTC)
                     await publisher.publish(
                         CancelOrder(order_id=order.order_id, idempotency_key=f"cancel-{order.order_id}")
                     )
 
         await asyncio.gather(*(place(n, o) for n, o in enumerate(orders)))
+        placed = {order_id: placed.get(order_id, at) for order_id, at in published_at.items()}
 
     order_ids = [o.order_id for o in orders]
     table = qualified(config.schema("order"), "orders")
@@ -185,6 +203,7 @@ async def run_demo(
     )
     async with (reader or pool).acquire() as conn:
         report = await invariants.check(conn, config, order_ids)
+        hops = await _hops(conn, config, placed, started_at)
     return DemoResult(
         run_id=run_id,
         orders=len(orders),
@@ -196,7 +215,52 @@ async def run_demo(
         invariants=report,
         order_ids=order_ids,
         offered_rate=options.rate,
+        hops_ms=hops,
     )
+
+
+async def _hops(
+    conn: DbConnection,
+    config: SagaConfig,
+    placed: dict[str, datetime],
+    since: datetime,
+) -> dict[str, dict[str, float]]:
+    """Each hop's percentiles over the run's sagas (`DemoResult.hops_ms`), from timestamps
+    the services write anyway: the order row's `created_at`, the outbox's `created_at`
+    (staged, inside the producing transaction) and the inbox's `processed_at` (claimed, at the
+    start of the consuming one). Both filters use an index (`published_at`, `processed_at`),
+    so a long-lived stack's history is not scanned."""
+    orders = qualified(config.schema("order"), "orders")
+    rows = await conn.fetch(
+        f"SELECT order_id, created_at FROM {orders} WHERE order_id = ANY($1::text[])", list(placed)
+    )
+    hops: dict[str, list[float]] = {
+        "request→order": [(r["created_at"] - placed[r["order_id"]]).total_seconds() * 1000 for r in rows]
+    }
+    keys = [order_id.encode() for order_id in placed]
+    for producer in SERVICES:
+        outbox = qualified(config.schema(producer), "outbox")
+        for consumer in SERVICES:
+            if consumer == producer:
+                continue
+            inbox = qualified(config.schema(consumer), "inbox")
+            hops[f"{producer}→{consumer}"] = [
+                r["ms"]
+                for r in await conn.fetch(
+                    "SELECT extract(epoch FROM i.processed_at - o.created_at)::float8 * 1000 AS ms"
+                    f" FROM {outbox} o JOIN {inbox} i ON i.event_id = o.event_id AND i.consumer_group = $3"
+                    " WHERE o.published_at >= $2 AND o.key = ANY($1::bytea[]) AND i.processed_at >= $2",
+                    keys,
+                    since,
+                    config.group(consumer),
+                )
+            ]
+    return {hop: {**_percentiles(sorted(ms)), "n": len(ms)} for hop, ms in hops.items() if ms}
+
+
+def hops_line(hops: dict[str, dict[str, float]]) -> str:
+    """`order→payment 10 / 41, ...`: where a saga's latency goes, hop by hop."""
+    return ", ".join(f"{hop} {ms['p50']:.0f} / {ms['p99']:.0f}" for hop, ms in hops.items())
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sagaline.bench import BenchOptions, run_bench
 from sagaline.console import emit_json, err, out, safe
+from sagaline.demo import hops_line
 from sagaline.runtime import configure_logging
 from sagaline.settings import Settings
 
@@ -91,12 +92,19 @@ def _tables(result: dict[str, Any]) -> list[Table]:
     for row in result["sustained"]:
         sustained.add_row(*_sustained_cells(row))
     tables.append(sustained)
-    latency = Table(title="latency, open loop (request published -> saga terminal)")
+    latency = Table(title="latency, open loop (last request published -> saga terminal)")
     for column in ("offered", "orders/s", "p50 ms", "p95 ms", "p99 ms", "CPU ms/saga", "statements", "ok"):
         latency.add_column(column)
     for row in result.get("latency", []):
         latency.add_row(*_latency_cells(row))
     tables.append(latency)
+    if any(row.get("hops_ms") for row in result.get("latency", [])):
+        hops = Table(title="where the latency goes: per hop, p50 / p99 ms")
+        hops.add_column("offered")
+        hops.add_column("hops")
+        for row in result["latency"]:
+            hops.add_row(row["offered"], hops_line(row.get("hops_ms", {})))
+        tables.append(hops)
     return tables
 
 
@@ -157,4 +165,6 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(_latency_cells(row)) + " |" for row in result["latency"]]
+        lines += ["", "Per hop, p50 / p99 ms:", ""]
+        lines += [f"- {row['offered']}: {hops_line(row.get('hops_ms', {}))}" for row in result["latency"]]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sagaline.bootstrap import create_pool, endpoints, prepare_kafka, saga_config
 from sagaline.console import emit_json, err, out
-from sagaline.demo import DemoOptions, DemoResult, run_demo
+from sagaline.demo import DemoOptions, DemoResult, hops_line, run_demo
 from sagaline.platform import Platform
 from sagaline.runtime import configure_logging
 from sagaline.settings import Settings
@@ -136,8 +136,10 @@ def _print(result: DemoResult) -> None:
     out.print(
         f"{offered}throughput {result.sagas_per_s:.1f} sagas/s over {result.seconds:.1f}s; saga latency"
         f" p50 {latency.get('p50', 0):.0f} ms, p95 {latency.get('p95', 0):.0f} ms,"
-        f" p99 {latency.get('p99', 0):.0f} ms"
+        f" p99 {latency.get('p99', 0):.0f} ms (from each saga's last request)"
     )
+    if result.hops_ms:
+        out.print("per hop, p50 / p99 ms: " + hops_line(result.hops_ms), highlight=False)
     figures = result.invariants.figures
     out.print(
         f"money: charged {figures.get('charged_minor', 0)} - refunded {figures.get('refunded_minor', 0)}"

@@ -1,5 +1,6 @@
 """`sagaline demo`'s driver against the running saga (in-process services): every saga
-ends, the invariants hold, and `--rate` publishes open loop, never faster than asked."""
+ends, the invariants hold, `--rate` publishes open loop, never faster than asked, and the
+result says where the latency went, hop by hop."""
 
 from __future__ import annotations
 
@@ -25,5 +26,14 @@ async def test_an_open_loop_demo_ends_every_saga_and_paces_its_orders(
         assert result.as_dict()["offered_rate"] == 40.0
         assert result.seconds >= 39 / 40  # the last order is published no earlier than its turn
         assert sum(result.outcomes.values()) == 40
+        # where the latency goes, from the services' own timestamps: every order's request,
+        # and the hops every confirmed saga takes, each counted once per event
+        hops = result.hops_ms
+        assert hops["request→order"]["n"] == 40
+        confirmed = result.outcomes.get("CONFIRMED", 0)
+        assert confirmed > 0
+        for hop in ("order→payment", "payment→inventory", "inventory→order"):
+            assert hops[hop]["n"] >= confirmed, hops
+        assert all(ms["p50"] <= ms["p95"] <= ms["p99"] for ms in hops.values())
     finally:
         await saga.close()

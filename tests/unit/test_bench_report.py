@@ -51,6 +51,10 @@ def _result() -> dict[str, Any]:
                 "statements_per_saga": 8.3,
                 "transactions_per_saga": 2.2,
                 "invariants_ok": False,
+                "hops_ms": {
+                    "request→order": {"p50": 4.6, "p95": 9.0, "p99": 17.2, "n": 1575},
+                    "order→payment": {"p50": 41.0, "p95": 90.0, "p99": 121.4, "n": 1402},
+                },
             }
         ],
         "ok": False,
@@ -66,6 +70,7 @@ def test_markdown_has_a_row_per_run_with_rates_and_costs() -> None:
     )
     assert "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 17.9 | 8.3 | FAILED |" in text
     assert "kafka_producer_records_per_s 170,794" in text
+    assert "- 25% of sustained: request→order 5 / 17, order→payment 41 / 121" in text
 
 
 def test_tables_show_the_same_rows_in_a_terminal() -> None:
@@ -73,5 +78,5 @@ def test_tables_show_the_same_rows_in_a_terminal() -> None:
     for table in _tables(_result()):
         console.print(table)
     text = console.export_text()
-    for cell in ("420.2", "4.44", "17.9", "8.3", "FAILED"):
+    for cell in ("420.2", "4.44", "17.9", "8.3", "FAILED", "order→payment 41 / 121"):
         assert cell in text
