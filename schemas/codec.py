@@ -7,13 +7,13 @@ whatever the bytes.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from schemas.envelope import DATA_CONTENT_TYPE, Envelope
 from schemas.errors import ContractViolation, DecodeError, InvalidHeader, MissingHeader, NotJson
@@ -31,6 +31,8 @@ EXT_IDEMPOTENCY_KEY = "idempotencykey"
 EXT_SCHEMA_VERSION = "schemaversion"
 TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, as OpenTelemetry propagates it
 _PLAIN_HEADERS = frozenset({"content-type", *TRACE_HEADERS})
+_BOM = b"\xef\xbb\xbf"  # RFC 8259 lets a parser ignore it; nothing else but UTF-8 is JSON on the wire
+_ENVELOPE = Envelope[Message]  # parametrised once: pydantic looks the class up on every subscript
 
 
 class Record(NamedTuple):
@@ -118,7 +120,7 @@ def decode(
     message = _validated(cls, data)
     envelope_fields["saga_id"] = envelope_fields["saga_id"] or message.order_id
     try:
-        envelope = Envelope[Message](data=message, **envelope_fields)
+        envelope = _ENVELOPE(data=message, **envelope_fields)
     except ValidationError as exc:
         raise _violation("envelope", exc) from None
     subject = attrs.get("ce_subject")
@@ -150,10 +152,10 @@ def _violation(what: str, exc: ValidationError) -> ContractViolation:
 def _json_object(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise NotJson("record has no value (tombstone)")
-    try:
-        parsed = json.loads(value)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise NotJson(f"value is not JSON: {exc}") from None
+    try:  # pydantic's parser (a quarter of the json module's time); nesting is bounded, not recursive
+        parsed = from_json(value[3:] if value.startswith(_BOM) else value)
+    except ValueError as exc:
+        raise NotJson(f"value is not JSON in UTF-8: {exc}") from None
     if not isinstance(parsed, dict):
         raise NotJson(f"value is JSON {type(parsed).__name__}, not an object")
     return parsed

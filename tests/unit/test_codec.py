@@ -99,6 +99,8 @@ def _headers_with(**changes: str | None) -> list[tuple[str, bytes]]:
         (b"{not json", _headers_with(), errors.NotJson, "not JSON"),
         (None, _headers_with(), errors.NotJson, "tombstone"),
         (b"[1]", _headers_with(), errors.NotJson, "not an object"),
+        ('{"order_id": "o-1"}'.encode("utf-16"), _headers_with(), errors.NotJson, "UTF-8"),  # RFC 8259
+        (b"[" * 100_000, _headers_with(), errors.NotJson, "recursion limit"),
         (b"{}", _headers_with(ce_type=None), errors.MissingHeader, "ce_type"),
         (b"{}", _headers_with(ce_type="io.sagaline.Nope"), errors.UnknownMessageType, "io.sagaline.Nope"),
         (b"{}", _headers_with(ce_schemaversion="7"), errors.UnsupportedVersion, "newer"),
@@ -113,6 +115,12 @@ def test_each_failure_has_its_own_typed_error(
 ) -> None:
     with pytest.raises(error, match=text):
         decode(value, headers)
+
+
+def test_a_leading_byte_order_mark_is_ignored() -> None:
+    """RFC 8259 lets a parser ignore a UTF-8 BOM that some writers put first."""
+    record = encode(_order_confirmed())
+    assert decode(b"\xef\xbb\xbf" + record.value, record.headers) == decode(record.value, record.headers)
 
 
 def test_validation_failure_names_the_field_path() -> None:

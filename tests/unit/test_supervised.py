@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import asyncpg
 import pytest
@@ -56,3 +57,14 @@ def test_a_service_runs_on_the_event_loop_its_setting_names(event_loop: str, mod
         return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
     assert run_service(which_loop(), event_loop) == module
+
+
+def test_a_service_starts_with_its_start_up_heap_frozen_out_of_collections() -> None:
+    async def frozen() -> int:
+        return gc.get_freeze_count()
+
+    gc.unfreeze()
+    try:
+        assert run_service(frozen(), "asyncio") > 1000  # modules, schemas, validators
+    finally:
+        gc.unfreeze()  # the test process goes on collecting as before
