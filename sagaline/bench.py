@@ -43,7 +43,7 @@ from producers.connection import KafkaConnection
 from sagaline.bootstrap import Endpoints, create_pool, endpoints, local_stack, saga_config
 from sagaline.ceilings import kafka_perf, postgres_commit_rate
 from sagaline.costs import CpuSample, pg_counters, postmaster_pid
-from sagaline.demo import DemoOptions, DemoResult, run_demo
+from sagaline.demo import DemoOptions, DemoResult, measure_hops, run_demo
 from sagaline.localstack.kafka import KAFKA_VERSION
 from sagaline.localstack.process import read_pid
 from sagaline.otlp_sink import OtlpSink
@@ -244,6 +244,7 @@ async def _costed(
     records = await _records(ends.kafka, token) - records_before
     async with pool.acquire() as conn:
         counters = {k: v - before.get(k, 0) for k, v in (await pg_counters(conn)).items()}
+        await measure_hops(conn, config, result)  # after the measured window: not part of the cost
     done = max(result.orders - result.open_sagas, 1)
     return result, {
         "cpu_ms_per_saga": {name: round(1000 * s / done, 2) for name, s in sorted(cpu.items())},

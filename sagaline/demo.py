@@ -65,10 +65,13 @@ class DemoResult:
     order_ids: list[str] = field(repr=False, default_factory=list)
     offered_rate: float | None = None
     hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Where the latency goes: for each hop (`request→order`: published → the order row
+    """Where the latency went, filled in by `measure_hops` (after the run, so that measuring
+    costs outside its window): for each hop (`request→order`: published → the order row
     written; `order→payment` and so on: staged in the outbox → claimed in the next service's
     inbox, which includes the commit, the relay, the broker and the fetch), the hop's
     percentiles over this run's sagas and how many there were (`n`)."""
+    placed_at: dict[str, datetime] = field(repr=False, default_factory=dict)  # PlaceOrder published
+    started_at: datetime | None = field(repr=False, default=None)
 
     @property
     def ok(self) -> bool:
@@ -166,7 +169,7 @@ async def run_demo(
                     )
 
         await asyncio.gather(*(place(n, o) for n, o in enumerate(orders)))
-        placed = {order_id: placed.get(order_id, at) for order_id, at in published_at.items()}
+    placed = {order_id: placed.get(order_id, at) for order_id, at in published_at.items()}
 
     order_ids = [o.order_id for o in orders]
     table = qualified(config.schema("order"), "orders")
@@ -203,7 +206,6 @@ async def run_demo(
     )
     async with (reader or pool).acquire() as conn:
         report = await invariants.check(conn, config, order_ids)
-        hops = await _hops(conn, config, placed, started_at)
     return DemoResult(
         run_id=run_id,
         orders=len(orders),
@@ -215,24 +217,25 @@ async def run_demo(
         invariants=report,
         order_ids=order_ids,
         offered_rate=options.rate,
-        hops_ms=hops,
+        placed_at=placed,
+        started_at=started_at,
     )
 
 
-async def _hops(
-    conn: DbConnection,
-    config: SagaConfig,
-    placed: dict[str, datetime],
-    since: datetime,
-) -> dict[str, dict[str, float]]:
-    """Each hop's percentiles over the run's sagas (`DemoResult.hops_ms`), from timestamps
-    the services write anyway: the order row's `created_at`, the outbox's `created_at`
-    (staged, inside the producing transaction) and the inbox's `processed_at` (claimed, at the
-    start of the consuming one). Both filters use an index (`published_at`, `processed_at`),
-    so a long-lived stack's history is not scanned."""
+async def measure_hops(conn: DbConnection, config: SagaConfig, result: DemoResult) -> None:
+    """Fill in `result.hops_ms` from timestamps the services write anyway: the order row's
+    `created_at`, the outbox's `created_at` (staged, inside the producing transaction) and
+    the inbox's `processed_at` (claimed, at the start of the consuming one). The run's keys
+    are joined as a set and the outbox is read through its `published_at` index from the
+    run's start, so a long-lived stack's history is not scanned."""
+    if result.started_at is None:
+        return
+    placed = result.placed_at
     orders = qualified(config.schema("order"), "orders")
     rows = await conn.fetch(
-        f"SELECT order_id, created_at FROM {orders} WHERE order_id = ANY($1::text[])", list(placed)
+        "SELECT o.order_id, o.created_at FROM unnest($1::text[]) AS k(order_id)"
+        f" JOIN {orders} o USING (order_id)",
+        list(placed),
     )
     hops: dict[str, list[float]] = {
         "request→order": [(r["created_at"] - placed[r["order_id"]]).total_seconds() * 1000 for r in rows]
@@ -248,14 +251,15 @@ async def _hops(
                 r["ms"]
                 for r in await conn.fetch(
                     "SELECT extract(epoch FROM i.processed_at - o.created_at)::float8 * 1000 AS ms"
-                    f" FROM {outbox} o JOIN {inbox} i ON i.event_id = o.event_id AND i.consumer_group = $3"
-                    " WHERE o.published_at >= $2 AND o.key = ANY($1::bytea[]) AND i.processed_at >= $2",
+                    f" FROM unnest($1::bytea[]) AS k(key) JOIN {outbox} o ON o.key = k.key"
+                    f" JOIN {inbox} i ON i.consumer_group = $3 AND i.event_id = o.event_id"
+                    " WHERE o.published_at >= $2",
                     keys,
-                    since,
+                    result.started_at,
                     config.group(consumer),
                 )
             ]
-    return {hop: {**_percentiles(sorted(ms)), "n": len(ms)} for hop, ms in hops.items() if ms}
+    result.hops_ms = {hop: {**_percentiles(sorted(ms)), "n": len(ms)} for hop, ms in hops.items() if ms}
 
 
 def hops_line(hops: dict[str, dict[str, float]]) -> str:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sagaline.bootstrap import create_pool, endpoints, prepare_kafka, saga_config
 from sagaline.console import emit_json, err, out
-from sagaline.demo import DemoOptions, DemoResult, hops_line, run_demo
+from sagaline.demo import DemoOptions, DemoResult, hops_line, measure_hops, run_demo
 from sagaline.platform import Platform
 from sagaline.runtime import configure_logging
 from sagaline.settings import Settings
@@ -100,7 +100,7 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
             disable=quiet,
         ) as bar:
             task = bar.add_task("sagas", total=options.orders)
-            return await run_demo(
+            result = await run_demo(
                 ends.kafka_as("upstream"),
                 pool,
                 config,
@@ -108,6 +108,9 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
                 progress=lambda done, total: bar.update(task, completed=done),
                 reader=reader,
             )
+        async with (reader or pool).acquire() as conn:
+            await measure_hops(conn, config, result)
+        return result
     finally:
         await pool.close()
         if reader:

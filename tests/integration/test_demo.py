@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from producers.connection import KafkaConnection
-from sagaline.demo import DemoOptions, run_demo
+from sagaline.demo import DemoOptions, measure_hops, run_demo
 from tests.saga_support import SagaPlatform
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -28,6 +28,8 @@ async def test_an_open_loop_demo_ends_every_saga_and_paces_its_orders(
         assert sum(result.outcomes.values()) == 40
         # where the latency goes, from the services' own timestamps: every order's request,
         # and the hops every confirmed saga takes, each counted once per event
+        async with saga.pool.acquire() as conn:
+            await measure_hops(conn, saga.config, result)
         hops = result.hops_ms
         assert hops["request→order"]["n"] == 40
         confirmed = result.outcomes.get("CONFIRMED", 0)
