@@ -86,6 +86,7 @@ async def serve(
                         else {"linger_ms": settings.worker_linger_ms, "linger_bytes": BATCH_BYTES}
                     ),
                     sensitive_fields=settings.redact_fields,
+                    stall_after_s=settings.worker_stall_after_s,
                 ),
                 ConsumerMetrics(registry),
             )

@@ -147,6 +147,14 @@ class Settings(BaseSettings):
         "below half that rate every record is reacted to at once (0: always). Under load it costs "
         "up to this much per hop and saves far more in queueing (docs/benchmarks.md).",
     )
+    worker_stall_after_s: float = Field(
+        default=60.0,
+        ge=5,
+        le=3600,
+        description="A worker whose assigned partition has had no read position this long "
+        "(its consumer keeps failing to look up where to read) replaces its consumer with a new "
+        "one: fresh metadata, a fresh join (docs/consumers.md, the position watchdog).",
+    )
     tracker_batch_wait_ms: int = Field(
         default=200,
         ge=0,
