@@ -71,6 +71,7 @@ class DemoResult:
     inbox, which includes the commit, the relay, the broker and the fetch), the hop's
     percentiles over this run's sagas and how many there were (`n`)."""
     placed_at: dict[str, datetime] = field(repr=False, default_factory=dict)  # PlaceOrder published
+    requested_at: dict[str, datetime] = field(repr=False, default_factory=dict)  # the last request
     started_at: datetime | None = field(repr=False, default=None)
 
     @property
@@ -147,7 +148,7 @@ async def run_demo(
         await seed.add_stock(conn, config, stock)
 
     started_at = datetime.now(UTC)
-    published_at: dict[str, datetime] = {}  # order id -> when its last request was published
+    requested_at: dict[str, datetime] = {}  # order id -> when its last request was published
     placed: dict[str, datetime] = {}  # order id -> when its PlaceOrder was, for those cancelled since
     started = time.monotonic()
     async with Publisher(kafka, source="/demo/storefront", topics=config.topics) as publisher:
@@ -159,17 +160,17 @@ async def run_demo(
             async with limit:
                 sent = datetime.now(UTC)
                 await publisher.publish(order)
-                published_at[order.order_id] = sent
+                requested_at[order.order_id] = sent
                 if order.order_id in cancels:
                     await asyncio.sleep(random.random() * 0.3)  # cancel at whatever step it has reached
                     placed[order.order_id] = sent
-                    published_at[order.order_id] = datetime.now(UTC)
+                    requested_at[order.order_id] = datetime.now(UTC)
                     await publisher.publish(
                         CancelOrder(order_id=order.order_id, idempotency_key=f"cancel-{order.order_id}")
                     )
 
         await asyncio.gather(*(place(n, o) for n, o in enumerate(orders)))
-    placed = {order_id: placed.get(order_id, at) for order_id, at in published_at.items()}
+    placed = {order_id: placed.get(order_id, at) for order_id, at in requested_at.items()}
 
     order_ids = [o.order_id for o in orders]
     table = qualified(config.schema("order"), "orders")
@@ -200,9 +201,9 @@ async def run_demo(
         r["status"] if r["status"] != "CANCELLED" else f"CANCELLED ({r['cancel_reason']})" for r in rows
     )
     latencies = sorted(
-        (r["terminal_at"] - published_at[r["order_id"]]).total_seconds() * 1000
+        (r["terminal_at"] - requested_at[r["order_id"]]).total_seconds() * 1000
         for r in rows
-        if r["terminal_at"] is not None and r["order_id"] in published_at
+        if r["terminal_at"] is not None and r["order_id"] in requested_at
     )
     async with (reader or pool).acquire() as conn:
         report = await invariants.check(conn, config, order_ids)
@@ -213,11 +214,12 @@ async def run_demo(
         open_sagas=len(orders) - done,
         seconds=seconds,
         sagas_per_s=done / seconds if seconds else 0.0,
-        latency_ms=_percentiles(latencies),
+        latency_ms=percentiles(latencies),
         invariants=report,
         order_ids=order_ids,
         offered_rate=options.rate,
         placed_at=placed,
+        requested_at=requested_at,
         started_at=started_at,
     )
 
@@ -259,7 +261,7 @@ async def measure_hops(conn: DbConnection, config: SagaConfig, result: DemoResul
                     config.group(consumer),
                 )
             ]
-    result.hops_ms = {hop: {**_percentiles(sorted(ms)), "n": len(ms)} for hop, ms in hops.items() if ms}
+    result.hops_ms = {hop: {**percentiles(sorted(ms)), "n": len(ms)} for hop, ms in hops.items() if ms}
 
 
 def hops_line(hops: dict[str, dict[str, float]]) -> str:
@@ -267,7 +269,8 @@ def hops_line(hops: dict[str, dict[str, float]]) -> str:
     return ", ".join(f"{hop} {ms['p50']:.0f} / {ms['p99']:.0f}" for hop, ms in hops.items())
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p95 and p99 of sorted `values`, in ms to one decimal (empty for none)."""
     if not values:
         return {}
     if len(values) == 1:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from producers.connection import KafkaConnection
-from sagaline.demo import DemoOptions, measure_hops, run_demo
+from producers.db import qualified
+from sagaline.demo import DemoOptions, measure_hops, percentiles, run_demo
 from tests.saga_support import SagaPlatform
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -37,5 +38,37 @@ async def test_an_open_loop_demo_ends_every_saga_and_paces_its_orders(
         for hop in ("order→payment", "payment→inventory", "inventory→order"):
             assert hops[hop]["n"] >= confirmed, hops
         assert all(ms["p50"] <= ms["p95"] <= ms["p99"] for ms in hops.values())
+    finally:
+        await saga.close()
+
+
+async def test_a_cancelled_sagas_latency_runs_from_its_cancellation(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str
+) -> None:
+    """Every order is cancelled here, each after the demo's random wait: the latency the demo
+    reports is each saga's terminal time less its CancelOrder's, not its PlaceOrder's."""
+    saga = SagaPlatform(kafka, postgres_dsn, unique)
+    await saga.setup([], [])
+    try:
+        await saga.start()
+        assert saga.pool is not None
+        options = DemoOptions(orders=12, seed=5, rate=20.0, cancel_rate=1.0)
+        result = await run_demo(kafka, saga.pool, saga.config, options)
+        assert result.ok, result.as_dict()
+        assert all(result.requested_at[o] > result.placed_at[o] for o in result.order_ids)
+        orders = qualified(saga.config.schema("order"), "orders")
+        terminal = dict(
+            await saga.pool.fetch(
+                f"SELECT order_id, terminal_at FROM {orders} WHERE order_id = ANY($1)", result.order_ids
+            )
+        )
+        from_cancel = sorted(
+            (terminal[o] - result.requested_at[o]).total_seconds() * 1000 for o in result.order_ids
+        )
+        from_place = sorted(
+            (terminal[o] - result.placed_at[o]).total_seconds() * 1000 for o in result.order_ids
+        )
+        assert result.latency_ms == percentiles(from_cancel)
+        assert result.latency_ms != percentiles(from_place)
     finally:
         await saga.close()
