@@ -228,8 +228,10 @@ async def measure_hops(conn: DbConnection, config: SagaConfig, result: DemoResul
     """Fill in `result.hops_ms` from timestamps the services write anyway: the order row's
     `created_at`, the outbox's `created_at` (staged, inside the producing transaction) and
     the inbox's `processed_at` (claimed, at the start of the consuming one). The run's keys
-    are joined as a set and the outbox is read through its `published_at` index from the
-    run's start, so a long-lived stack's history is not scanned."""
+    are joined as a set and the outbox is read through its two partial indexes — rows
+    published since the run's start, and rows not yet marked published (a relay marks
+    acknowledged rows a moment later, so a saga's last events may still be unmarked) — so a
+    long-lived stack's history is not scanned."""
     if result.started_at is None:
         return
     placed = result.placed_at
@@ -255,7 +257,7 @@ async def measure_hops(conn: DbConnection, config: SagaConfig, result: DemoResul
                     "SELECT extract(epoch FROM i.processed_at - o.created_at)::float8 * 1000 AS ms"
                     f" FROM unnest($1::bytea[]) AS k(key) JOIN {outbox} o ON o.key = k.key"
                     f" JOIN {inbox} i ON i.consumer_group = $3 AND i.event_id = o.event_id"
-                    " WHERE o.published_at >= $2",
+                    " WHERE (o.published_at >= $2 OR o.published_at IS NULL)",
                     keys,
                     result.started_at,
                     config.group(consumer),
