@@ -8,7 +8,8 @@ Two shapes, one registry:
   round trips constant however many messages it holds.
 
 Either way what a message emits is staged by the unit of work, in one statement per
-transaction, with the message's inbox row and its state change.
+transaction, with the message's inbox row and its state change; a handler's last writes can
+ride in that statement too (`HandlerContext.defer`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producers import failpoints
-from producers.db import DbConnection
+from producers.db import DbConnection, Statement
 from producers.tracing import current_trace_context
 from schemas.envelope import Envelope
 from schemas.messages import Message
@@ -48,6 +49,16 @@ class HandlerContext:
     # run once the transaction that applied this message has committed (metrics about what
     # it did); dropped if it rolls back, and never run for a duplicate
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # writes queued by `defer`: one list shared by every context of the transaction
+    deferred: list[Statement] = field(default_factory=list)
+
+    def defer(self, sql: str, *args: Any) -> None:
+        """Queue a data-modifying statement (INSERT, UPDATE or DELETE; parameters from $1) to
+        run in this transaction, sent with the unit's outbox rows in one round trip. It runs
+        before the next handler of the unit is called or, at the latest, before the commit;
+        until then no read sees it, so defer only a handler's last writes, ones that neither
+        depend on each other nor touch the same rows (`producers.db.together`)."""
+        self.deferred.append((sql, args))
 
     async def lock(self, *keys: str) -> None:
         """Serialise work on `keys` (e.g. an order id) until this transaction ends: two messages

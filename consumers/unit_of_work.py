@@ -44,7 +44,7 @@ from consumers.lanes import Failure, Lanes, Origin, origin_of
 from consumers.logcontext import about_message
 from consumers.tracing import Delivery, process_span, process_spans
 from producers import failpoints, outbox
-from producers.db import DbConnection
+from producers.db import DbConnection, Statement, execute, together
 from schemas.codec import decode
 from schemas.envelope import Envelope
 from schemas.messages import Message
@@ -245,16 +245,30 @@ class UnitOfWork:
 
     async def _run(self, conn: DbConnection, todo: list[Outcome], *, held: frozenset[str]) -> None:
         """Apply claimed messages in record order — a run of consecutive messages that share a
-        batch handler in one call of it — then stage everything they emitted in one statement.
+        batch handler in one call of it — then stage everything they emitted in one statement,
+        with the writes the last handler deferred.
         Sets each outcome `applied` with what it emitted; raises if any handler failed (the
         caller's transaction or savepoint then rolls back all of them)."""
+        deferred: list[Statement] = []  # the handlers' queued writes (HandlerContext.defer)
         contexts = [
-            HandlerContext(conn, self.schema, self.group, self.source, self.topics, o.envelope, held=held)
+            HandlerContext(
+                conn,
+                self.schema,
+                self.group,
+                self.source,
+                self.topics,
+                o.envelope,
+                held=held,
+                deferred=deferred,
+            )
             for o in todo
             if o.envelope is not None
         ]
         i = 0
         while i < len(contexts):
+            if deferred:  # what earlier handlers queued, before this one reads
+                await execute(conn, together(deferred))
+                deferred.clear()
             message_type = type(contexts[i].envelope.data)
             batch = self.handlers.batch_for(message_type)
             if batch is None:
@@ -285,7 +299,8 @@ class UnitOfWork:
                     _handler_failpoint(ctx.envelope)
                 await batch(run)
             i = end
-        await outbox.stage_many(conn, self.schema, [e for c in contexts for e in c.emitted], self.topics)
+        emitted = [e for c in contexts for e in c.emitted]
+        await outbox.stage_many(conn, self.schema, emitted, self.topics, along=deferred)
         for outcome, ctx in zip(todo, contexts, strict=True):
             outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
             outcome.after_commit = ctx.after_commit

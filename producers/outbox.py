@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from producers import migrate
-from producers.db import DbConnection, qualified
+from producers.db import DbConnection, Statement, execute, qualified, together
 from producers.errors import PublishValidationError
 from producers.publisher import parse_payload
 from schemas.codec import encode
@@ -72,14 +72,22 @@ async def stage(conn: DbConnection, schema: str, envelope: Envelope[Any], topics
 
 
 async def stage_many(
-    conn: DbConnection, schema: str, envelopes: Sequence[Envelope[Any]], topics: TopicMap
+    conn: DbConnection,
+    schema: str,
+    envelopes: Sequence[Envelope[Any]],
+    topics: TopicMap,
+    *,
+    along: Sequence[Statement] = (),
 ) -> None:
     """Write `envelopes`, in order, into the outbox inside the caller's open transaction:
     one statement however many, rows numbered in the order given (the relay sends a key's
-    events in that order)."""
+    events in that order). `along`: the transaction's other data-modifying statements, sent
+    in the same round trip (`producers.db.together` says what they may do)."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.stage must run inside the caller's transaction")
     if not envelopes:
+        if along:
+            await execute(conn, together(along))
         return
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
     for envelope in envelopes:
@@ -89,19 +97,18 @@ async def stage_many(
         row = (envelope.id, topics.topic_for(type(envelope.data)), key, record.value, headers, bucket_of(key))
         for column, value in zip(columns, row, strict=True):
             column.append(value)
-    # One round trip: the rows, and the NOTIFY that wakes the relay at once (delivered at
-    # commit, and only if the transaction commits; repeats in one transaction fold into one).
-    await conn.execute(
-        f"WITH staged AS (INSERT INTO {qualified(schema, 'outbox')}"
-        " (event_id, topic, key, value, headers, bucket)"
+    insert: Statement = (
+        f"INSERT INTO {qualified(schema, 'outbox')} (event_id, topic, key, value, headers, bucket)"
         " SELECT e.id, e.topic, e.key, e.value, e.headers::jsonb, e.bucket"
         " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::smallint[])"
-        " WITH ORDINALITY AS e(id, topic, key, value, headers, bucket, n) ORDER BY e.n)"
-        " SELECT pg_notify($7, $8)",
-        *columns,
-        notify_channel(schema),
-        schema,
+        " WITH ORDINALITY AS e(id, topic, key, value, headers, bucket, n) ORDER BY e.n",
+        columns,
     )
+    # One round trip: the rows (and `along`), and the NOTIFY that wakes the relay at once
+    # (delivered at commit, and only if the transaction commits; repeats in one transaction
+    # fold into one).
+    notify: Statement = ("SELECT pg_notify($1, $2)", (notify_channel(schema), schema))
+    await execute(conn, together([*along, insert], notify))
 
 
 async def stage_message(

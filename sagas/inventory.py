@@ -153,7 +153,7 @@ async def apply(contexts: list[HandlerContext]) -> None:
     skus |= {line.sku for r in reservations.values() if r.status == "reserved" for line in r.lines}
     stock = await _lock_stock(conn, schema, sorted(skus)) if skus else {}
     decisions = decide(reservations, stock, messages)
-    await _save(conn, schema, decisions)
+    _save(contexts[0], decisions)
     for ctx, events in zip(contexts, decisions.events, strict=True):
         for event in events:
             await ctx.emit(event)
@@ -186,10 +186,12 @@ async def _lock_stock(conn: DbConnection, schema: str, skus: list[str]) -> dict[
     return {row["sku"]: Stock(**dict(row)) for row in rows}
 
 
-async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
+def _save(ctx: HandlerContext, decisions: Decisions) -> None:
+    """Queue the changed rows' statements: they go with the outbox rows (HandlerContext.defer)."""
+    schema = ctx.schema
     if decisions.reservations:
         rows = list(decisions.reservations.values())
-        await conn.execute(
+        ctx.defer(
             f"INSERT INTO {qualified(schema, 'reservations')} (order_id, status, lines)"
             " SELECT r.order_id, r.status, r.lines::jsonb FROM unnest($1::text[], $2::text[], $3::text[])"
             " AS r(order_id, status, lines)"
@@ -201,7 +203,7 @@ async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
         )
     if decisions.stock:
         levels = list(decisions.stock.values())
-        await conn.execute(
+        ctx.defer(
             f"UPDATE {qualified(schema, 'stock')} AS s"
             " SET available = v.available, reserved = v.reserved, released = v.released"
             " FROM unnest($1::text[], $2::int[], $3::int[], $4::int[])"

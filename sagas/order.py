@@ -21,7 +21,7 @@ from consumers.errors import PermanentError
 from consumers.handlers import HandlerContext, Handlers
 from consumers.spec import WorkerSpec
 from producers import outbox
-from producers.db import DbConnection, qualified
+from producers.db import DbConnection, Statement, execute, qualified
 from sagas.config import SagaConfig
 from sagas.order_state import Order, Timeouts, decide, expire, place
 from schemas import messages as m
@@ -64,9 +64,14 @@ async def save(conn: DbConnection, schema: str, order: Order) -> None:
 
 
 async def save_many(conn: DbConnection, schema: str, orders: list[Order]) -> None:
-    """Insert or update orders (one row each) in one statement; `terminal_at` is set when an
-    order first reaches a terminal status."""
-    await conn.execute(
+    """Insert or update orders (one row each) in one statement."""
+    await execute(conn, save_statement(schema, orders))
+
+
+def save_statement(schema: str, orders: list[Order]) -> Statement:
+    """The statement that inserts or updates `orders`; `terminal_at` is set when an order
+    first reaches a terminal status."""
+    return (
         f"INSERT INTO {qualified(schema, 'orders')} AS orders ({_COLUMNS}, total_minor)"
         " SELECT o.order_id, o.idempotency_key, o.request_hash, o.customer_id, o.currency, o.items::jsonb,"
         " o.status, o.payment, o.stock, o.cancel_reason, o.deadline_at, o.total_minor"
@@ -79,18 +84,20 @@ async def save_many(conn: DbConnection, schema: str, orders: list[Order]) -> Non
         " updated_at = clock_timestamp(),"
         " terminal_at = CASE WHEN EXCLUDED.status NOT IN ('CONFIRMED', 'CANCELLED') THEN NULL"
         " WHEN EXCLUDED.status = orders.status THEN orders.terminal_at ELSE clock_timestamp() END",
-        [o.order_id for o in orders],
-        [o.idempotency_key for o in orders],
-        [o.request_hash for o in orders],
-        [o.customer_id for o in orders],
-        [o.currency for o in orders],
-        [json.dumps([i.model_dump() for i in o.items]) for o in orders],
-        [o.status for o in orders],
-        [o.payment for o in orders],
-        [o.stock for o in orders],
-        [o.cancel_reason for o in orders],
-        [o.deadline_at for o in orders],
-        [o.total.amount_minor for o in orders],
+        (
+            [o.order_id for o in orders],
+            [o.idempotency_key for o in orders],
+            [o.request_hash for o in orders],
+            [o.customer_id for o in orders],
+            [o.currency for o in orders],
+            [json.dumps([i.model_dump() for i in o.items]) for o in orders],
+            [o.status for o in orders],
+            [o.payment for o in orders],
+            [o.stock for o in orders],
+            [o.cancel_reason for o in orders],
+            [o.deadline_at for o in orders],
+            [o.total.amount_minor for o in orders],
+        ),
     )
 
 
@@ -192,10 +199,12 @@ def build_handlers(config: SagaConfig) -> Any:
             *(f"key:{msg.idempotency_key}" for msg in messages if isinstance(msg, m.PlaceOrder))
         )
         decided = decide_batch(await _load(conn, schema, messages), messages, datetime.now(UTC), timeouts)
+        # the writes go with the outbox rows, in one round trip (HandlerContext.defer)
         if decided.changed:
-            await save_many(conn, schema, list(decided.changed.values()))
+            sql, args = save_statement(schema, list(decided.changed.values()))
+            contexts[0].defer(sql, *args)
         if decided.early:
-            await conn.execute(
+            contexts[0].defer(
                 f"INSERT INTO {qualified(schema, 'early_cancellations')} (order_id, reason)"
                 " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (order_id) DO NOTHING",
                 list(decided.early),

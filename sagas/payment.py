@@ -186,7 +186,7 @@ async def apply(contexts: list[HandlerContext]) -> None:
     customers |= {p.customer_id for p in payments.values() if p.status == "charged"}
     accounts = await _lock_accounts(conn, schema, sorted(customers)) if customers else {}
     decisions = decide(payments, accounts, messages)
-    await _save(conn, schema, decisions)
+    _save(contexts[0], decisions)
     for ctx, events in zip(contexts, decisions.events, strict=True):
         for event in events:
             await ctx.emit(event)
@@ -211,10 +211,12 @@ async def _lock_accounts(conn: DbConnection, schema: str, customers: list[str]) 
     return {row["customer_id"]: Account(**dict(row)) for row in rows}
 
 
-async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
+def _save(ctx: HandlerContext, decisions: Decisions) -> None:
+    """Queue the changed rows' statements: they go with the outbox rows (HandlerContext.defer)."""
+    schema = ctx.schema
     if decisions.payments:
         rows = list(decisions.payments.values())
-        await conn.execute(
+        ctx.defer(
             f"INSERT INTO {qualified(schema, 'payments')} AS p"
             f" (payment_id, {_PAYMENT_COLUMNS})"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],"
@@ -229,7 +231,7 @@ async def _save(conn: DbConnection, schema: str, decisions: Decisions) -> None:
         )
     if decisions.accounts:
         accounts = list(decisions.accounts.values())
-        await conn.execute(
+        ctx.defer(
             f"UPDATE {qualified(schema, 'accounts')} AS a SET balance_minor = v.balance"
             " FROM unnest($1::text[], $2::bigint[]) AS v(customer_id, balance)"
             " WHERE a.customer_id = v.customer_id",
