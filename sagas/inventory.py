@@ -148,10 +148,11 @@ def _level(levels: dict[str, Stock], out: Decisions, row: Stock) -> None:
 async def apply(contexts: list[HandlerContext]) -> None:
     conn, schema = contexts[0].conn, contexts[0].schema
     messages: list[Inbound] = [ctx.envelope.data for ctx in contexts]  # type: ignore[misc]
-    reservations = await _load_reservations(conn, schema, sorted({msg.order_id for msg in messages}))
-    skus = {line.sku for msg in messages if isinstance(msg, m.PaymentCompleted) for line in msg.lines}
-    skus |= {line.sku for r in reservations.values() if r.status == "reserved" for line in r.lines}
-    stock = await _lock_stock(conn, schema, sorted(skus)) if skus else {}
+    order_ids = sorted({msg.order_id for msg in messages})
+    paid_skus = sorted(
+        {line.sku for msg in messages if isinstance(msg, m.PaymentCompleted) for line in msg.lines}
+    )
+    reservations, stock = await _load(conn, schema, order_ids, paid_skus)
     decisions = decide(reservations, stock, messages)
     _save(contexts[0], decisions)
     for ctx, events in zip(contexts, decisions.events, strict=True):
@@ -159,31 +160,35 @@ async def apply(contexts: list[HandlerContext]) -> None:
             await ctx.emit(event)
 
 
-async def _load_reservations(conn: DbConnection, schema: str, order_ids: list[str]) -> dict[str, Reservation]:
+async def _load(
+    conn: DbConnection, schema: str, order_ids: list[str], paid_skus: list[str]
+) -> tuple[dict[str, Reservation], dict[str, Stock]]:
+    """The orders' reservations, and the stock rows the batch can touch (the paid lines'
+    SKUs and those of reservations a cancellation may release) locked in SKU order — the
+    rows are locked as the sorted scan returns them, so every batch takes them in one global
+    order. One round trip: the reservations are stable (the unit of work holds their orders'
+    locks), and a stock row locked after a wait is read as last committed."""
     rows = await conn.fetch(
-        f"SELECT order_id, status, lines FROM {qualified(schema, 'reservations')}"
-        " WHERE order_id = ANY($1::text[])",
+        f"WITH r AS MATERIALIZED (SELECT order_id, status, lines FROM {qualified(schema, 'reservations')}"
+        "   WHERE order_id = ANY($1::text[])),"
+        f" s AS MATERIALIZED (SELECT sku, available, reserved, released FROM {qualified(schema, 'stock')}"
+        "   WHERE sku = ANY($2::text[]) OR sku IN (SELECT line->>'sku' FROM r, jsonb_array_elements(r.lines)"
+        "   AS line WHERE r.status = 'reserved') ORDER BY sku FOR UPDATE)"
+        " SELECT order_id, status, lines, NULL::text AS sku, NULL::int AS available, NULL::int AS reserved,"
+        " NULL::int AS released FROM r"
+        " UNION ALL SELECT NULL, NULL, NULL, sku, available, reserved, released FROM s",
         order_ids,
+        paid_skus,
     )
-    return {
-        row["order_id"]: Reservation(
-            row["order_id"],
-            row["status"],
-            tuple(StockLine.model_validate(x) for x in json.loads(row["lines"])),
-        )
-        for row in rows
-    }
-
-
-async def _lock_stock(conn: DbConnection, schema: str, skus: list[str]) -> dict[str, Stock]:
-    """Lock the stock rows in SKU order: the rows are locked as the sorted scan returns them,
-    so every batch takes them in one global order."""
-    rows = await conn.fetch(
-        f"SELECT sku, available, reserved, released FROM {qualified(schema, 'stock')}"
-        " WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
-        skus,
-    )
-    return {row["sku"]: Stock(**dict(row)) for row in rows}
+    reservations: dict[str, Reservation] = {}
+    stock: dict[str, Stock] = {}
+    for row in rows:
+        if row["sku"] is None:
+            lines = tuple(StockLine.model_validate(x) for x in json.loads(row["lines"]))
+            reservations[row["order_id"]] = Reservation(row["order_id"], row["status"], lines)
+        else:
+            stock[row["sku"]] = Stock(row["sku"], row["available"], row["reserved"], row["released"])
+    return reservations, stock
 
 
 def _save(ctx: HandlerContext, decisions: Decisions) -> None:

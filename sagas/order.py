@@ -159,28 +159,31 @@ def decide_batch(
 
 async def _load(conn: DbConnection, schema: str, messages: list[m.Message]) -> Orders:
     """The batch's orders, by id and by the requests' idempotency keys, row-locked in order-id
-    order (the deadline scan locks rows too); and the early cancellations of new orders."""
+    order (the deadline scan locks rows too); and the early cancellations of the requests'
+    orders. One round trip: early cancellations are written under their order's lock, which
+    the unit of work holds."""
     ids = sorted({msg.order_id for msg in messages})
     keys = sorted({msg.idempotency_key for msg in messages if isinstance(msg, m.PlaceOrder)})
+    placing = sorted({msg.order_id for msg in messages if isinstance(msg, m.PlaceOrder)})
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM {qualified(schema, 'orders')}"
-        " WHERE order_id = ANY($1::text[]) OR idempotency_key = ANY($2::text[]) ORDER BY order_id FOR UPDATE",
+        f"WITH o AS MATERIALIZED (SELECT {_COLUMNS} FROM {qualified(schema, 'orders')}"
+        "   WHERE order_id = ANY($1::text[]) OR idempotency_key = ANY($2::text[])"
+        "   ORDER BY order_id FOR UPDATE)"
+        f" SELECT false AS early, {_COLUMNS}, NULL::text AS reason FROM o UNION ALL"
+        " SELECT true, order_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, reason"
+        f" FROM {qualified(schema, 'early_cancellations')} WHERE order_id = ANY($3::text[])",
         ids,
         keys,
+        placing,
     )
     orders = Orders()
+    early: dict[str, str] = {}
     for row in rows:
-        orders.put(_from_row(row))
-    placing = [
-        msg.order_id for msg in messages if isinstance(msg, m.PlaceOrder) and msg.order_id not in orders.by_id
-    ]
-    if placing:
-        early = await conn.fetch(
-            f"SELECT order_id, reason FROM {qualified(schema, 'early_cancellations')}"
-            " WHERE order_id = ANY($1::text[])",
-            placing,
-        )
-        orders.early = {row["order_id"]: row["reason"] for row in early}
+        if row["early"]:
+            early[row["order_id"]] = row["reason"]
+        else:
+            orders.put(_from_row(row))
+    orders.early = {order_id: reason for order_id, reason in early.items() if order_id not in orders.by_id}
     return orders
 
 

@@ -181,10 +181,9 @@ _PAYMENT_COLUMNS = (
 async def apply(contexts: list[HandlerContext]) -> None:
     conn, schema = contexts[0].conn, contexts[0].schema
     messages: list[Inbound] = [ctx.envelope.data for ctx in contexts]  # type: ignore[misc]
-    payments = await _load_payments(conn, schema, sorted({msg.order_id for msg in messages}))
-    customers = {msg.customer_id for msg in messages if isinstance(msg, m.OrderPlaced)}
-    customers |= {p.customer_id for p in payments.values() if p.status == "charged"}
-    accounts = await _lock_accounts(conn, schema, sorted(customers)) if customers else {}
+    order_ids = sorted({msg.order_id for msg in messages})
+    paying = sorted({msg.customer_id for msg in messages if isinstance(msg, m.OrderPlaced)})
+    payments, accounts = await _load(conn, schema, order_ids, paying)
     decisions = decide(payments, accounts, messages)
     _save(contexts[0], decisions)
     for ctx, events in zip(contexts, decisions.events, strict=True):
@@ -192,23 +191,35 @@ async def apply(contexts: list[HandlerContext]) -> None:
             await ctx.emit(event)
 
 
-async def _load_payments(conn: DbConnection, schema: str, order_ids: list[str]) -> dict[str, Payment]:
+async def _load(
+    conn: DbConnection, schema: str, order_ids: list[str], paying: list[str]
+) -> tuple[dict[str, Payment], dict[str, Account]]:
+    """The orders' payments, and the accounts the batch can touch (the new orders'
+    customers and those of charged payments a cancellation may refund) locked in customer
+    order — the rows are locked as the sorted scan returns them, so every batch takes them
+    in one global order. One round trip: the payments are stable (the unit of work holds
+    their orders' locks), and an account locked after a wait is read as last committed."""
     rows = await conn.fetch(
-        f"SELECT {_PAYMENT_COLUMNS} FROM {qualified(schema, 'payments')} WHERE order_id = ANY($1::text[])",
+        f"WITH p AS MATERIALIZED (SELECT {_PAYMENT_COLUMNS} FROM {qualified(schema, 'payments')}"
+        "   WHERE order_id = ANY($1::text[])),"
+        " a AS MATERIALIZED (SELECT customer_id, currency, balance_minor"
+        f"   FROM {qualified(schema, 'accounts')} WHERE customer_id = ANY($2::text[])"
+        "   OR customer_id IN (SELECT customer_id FROM p WHERE status = 'charged')"
+        "   ORDER BY customer_id FOR UPDATE)"
+        f" SELECT {_PAYMENT_COLUMNS}, NULL::bigint AS balance_minor FROM p"
+        " UNION ALL SELECT NULL, NULL, customer_id, currency, NULL, NULL, NULL, NULL, balance_minor FROM a",
         order_ids,
+        paying,
     )
-    return {row["order_id"]: Payment(**dict(row)) for row in rows}
-
-
-async def _lock_accounts(conn: DbConnection, schema: str, customers: list[str]) -> dict[str, Account]:
-    """Lock the accounts in customer order: the rows are locked as the sorted scan returns
-    them, so every batch takes them in one global order."""
-    rows = await conn.fetch(
-        f"SELECT customer_id, currency, balance_minor FROM {qualified(schema, 'accounts')}"
-        " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
-        customers,
-    )
-    return {row["customer_id"]: Account(**dict(row)) for row in rows}
+    payments: dict[str, Payment] = {}
+    accounts: dict[str, Account] = {}
+    for row in rows:
+        if row["order_id"] is None:
+            accounts[row["customer_id"]] = Account(row["customer_id"], row["currency"], row["balance_minor"])
+        else:
+            payment = Payment(**{k: v for k, v in row.items() if k != "balance_minor"})
+            payments[payment.order_id] = payment
+    return payments, accounts
 
 
 def _save(ctx: HandlerContext, decisions: Decisions) -> None:
