@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import asyncpg
@@ -101,11 +102,14 @@ class UnitOfWork:
         budget: RetryBudget | None = None,
         transaction_per_message: bool = False,
         lanes: Lanes | None = None,
+        dispatch: outbox.Dispatch | None = None,
     ) -> None:
         """`transaction_per_message` trades throughput for short lock holds: services whose
         messages contend for hot rows (accounts, stock) commit each message on its own, so
         no transaction holds the locks of several messages and waits on another's. `lanes`
-        (default: the group's with the default delays) says which topics are retry lanes."""
+        (default: the group's with the default delays) says which topics are retry lanes.
+        `dispatch`: the relay of this process, which then sends what a unit staged right
+        after its commit where per-key order allows (producers.outbox.stage_many)."""
         self.pool = pool
         self.lanes = lanes or Lanes(group)
         self.transaction_per_message = transaction_per_message
@@ -115,6 +119,7 @@ class UnitOfWork:
         self.handlers = handlers
         self.topics = topics
         self.budget = budget or RetryBudget()
+        self.dispatch = dispatch
 
     def _backoff(self) -> wait_exponential_jitter:
         b = self.budget
@@ -300,7 +305,11 @@ class UnitOfWork:
                 await batch(run)
             i = end
         emitted = [e for c in contexts for e in c.emitted]
-        await outbox.stage_many(conn, self.schema, emitted, self.topics, along=deferred)
+        staged = await outbox.stage_many(
+            conn, self.schema, emitted, self.topics, along=deferred, dispatch=self.dispatch
+        )
+        if staged and self.dispatch is not None:  # handed over once this transaction commits
+            contexts[-1].after_commit.append(partial(self.dispatch.hand, staged))
         for outcome, ctx in zip(todo, contexts, strict=True):
             outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
             outcome.after_commit = ctx.after_commit

@@ -35,7 +35,8 @@ def together(statements: Sequence[Statement], final: Statement = ("SELECT 1", ()
     followed by digits may appear in their text only as a parameter). PostgreSQL runs every
     data-modifying WITH query exactly once and to completion, all against one snapshot: none
     sees another's changes, so they must neither depend on each other nor touch the same
-    rows. A single statement with no `final` is returned as it is."""
+    rows. `final` may start with WITH queries of its own (which then may read the others'
+    RETURNING). A single statement with no `final` is returned as it is."""
     if len(statements) == 1 and final == ("SELECT 1", ()):
         return statements[0]
     parts: list[str] = []
@@ -44,8 +45,12 @@ def together(statements: Sequence[Statement], final: Statement = ("SELECT 1", ()
         parts.append(f"w{i} AS ({_renumbered(sql, len(args))})")
         args.extend(params)
     sql, params = final
-    head = f"WITH {', '.join(parts)} " if parts else ""
-    return head + _renumbered(sql, len(args)), (*args, *params)
+    sql = _renumbered(sql, len(args))
+    if not parts:
+        return sql, tuple(params)
+    if sql.startswith("WITH "):  # its own WITH queries join the list
+        return f"WITH {', '.join(parts)}, {sql.removeprefix('WITH ')}", (*args, *params)
+    return f"WITH {', '.join(parts)} {sql}", (*args, *params)
 
 
 async def execute(conn: DbConnection, statement: Statement) -> str:

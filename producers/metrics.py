@@ -24,6 +24,13 @@ class RelayMetrics:
             ["schema", "topic"],
             registry=registry,
         )
+        self.dispatched = Counter(
+            "sagaline_outbox_dispatched_total",
+            "Outbox rows the relay sent right after their commit, handed over by its process's "
+            "worker (dispatch after commit; the others wait for a relay pass).",
+            ["schema"],
+            registry=registry,
+        )
         self.parked = Gauge(
             "sagaline_outbox_parked",
             "Outbox rows the broker refuses for what they are (too large, invalid), set aside for an "

@@ -11,18 +11,45 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from producers import migrate
 from producers.db import DbConnection, Statement, execute, qualified, together
 from producers.errors import PublishValidationError
 from producers.publisher import parse_payload
-from schemas.codec import encode
+from schemas.codec import Record, encode
 from schemas.envelope import Envelope
 from schemas.messages import Message
 from schemas.topics import TopicMap
 
 BUCKETS = 64
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An outbox row as the relay sends it."""
+
+    id: int
+    bucket: int
+    event_id: str
+    topic: str
+    record: Record
+    created_at: datetime
+
+
+class Dispatch(Protocol):
+    """The relay of the staging worker's own process (`producers.relay.OutboxRelay`), which
+    can send rows right after their commit: dispatch after commit."""
+
+    def eligibility(self) -> tuple[list[int], list[int]]:
+        """The buckets it holds, and the ids it got acknowledged but has not marked."""
+        ...
+
+    def hand(self, rows: Sequence[Staged]) -> None:
+        """Committed rows `eligibility` cleared, to send now."""
+        ...
 
 
 def notify_channel(schema: str) -> str:
@@ -78,37 +105,69 @@ async def stage_many(
     topics: TopicMap,
     *,
     along: Sequence[Statement] = (),
-) -> None:
+    dispatch: Dispatch | None = None,
+) -> list[Staged]:
     """Write `envelopes`, in order, into the outbox inside the caller's open transaction:
     one statement however many, rows numbered in the order given (the relay sends a key's
     events in that order). `along`: the transaction's other data-modifying statements, sent
-    in the same round trip (`producers.db.together` says what they may do)."""
+    in the same round trip (`producers.db.together` says what they may do).
+
+    With `dispatch`, returns the rows that relay may send as soon as the transaction has
+    committed (hand them over then, never before): those in a bucket it holds whose key has
+    no other pending row it has not had acknowledged. Earlier rows of a key are committed
+    before a later one is staged (a key's work is serialised by its lock), so this statement
+    sees them. The others, and every row without `dispatch`, go the NOTIFY way: the relay is
+    woken at the commit (only if the transaction commits; repeats in one transaction fold
+    into one) and finds them with a pass."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.stage must run inside the caller's transaction")
     if not envelopes:
         if along:
             await execute(conn, together(along))
-        return
+        return []
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    records: dict[str, tuple[str, Record]] = {}
     for envelope in envelopes:
         record = encode(envelope)
         key = envelope.subject.encode()
         headers = json.dumps([[name, (value or b"").decode()] for name, value in record.headers])
-        row = (envelope.id, topics.topic_for(type(envelope.data)), key, record.value, headers, bucket_of(key))
+        topic = topics.topic_for(type(envelope.data))
+        row = (envelope.id, topic, key, record.value, headers, bucket_of(key))
         for column, value in zip(columns, row, strict=True):
             column.append(value)
-    insert: Statement = (
-        f"INSERT INTO {qualified(schema, 'outbox')} (event_id, topic, key, value, headers, bucket)"
+        records[envelope.id] = (topic, record)
+    table = qualified(schema, "outbox")
+    insert = (  # parameters $1 to $6
+        f"INSERT INTO {table} (event_id, topic, key, value, headers, bucket)"
         " SELECT e.id, e.topic, e.key, e.value, e.headers::jsonb, e.bucket"
         " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::smallint[])"
-        " WITH ORDINALITY AS e(id, topic, key, value, headers, bucket, n) ORDER BY e.n",
-        columns,
+        " WITH ORDINALITY AS e(id, topic, key, value, headers, bucket, n) ORDER BY e.n"
     )
-    # One round trip: the rows (and `along`), and the NOTIFY that wakes the relay at once
-    # (delivered at commit, and only if the transaction commits; repeats in one transaction
-    # fold into one).
-    notify: Statement = ("SELECT pg_notify($1, $2)", (notify_channel(schema), schema))
-    await execute(conn, together([*along, insert], notify))
+    held, acked = dispatch.eligibility() if dispatch else ([], [])
+    if not held:  # one round trip: the rows (and `along`) and the NOTIFY
+        notify: Statement = ("SELECT pg_notify($1, $2)", (notify_channel(schema), schema))
+        await execute(conn, together([*along, (insert, columns)], notify))
+        return []
+    # the rows, and which of them wait: a bucket the relay does not hold, or another pending
+    # row of the key it has not had acknowledged; a NOTIFY only if any waits
+    check = (
+        f"WITH staged AS ({insert} RETURNING id, bucket, key, event_id, created_at),"
+        " checked AS MATERIALIZED (SELECT s.*, (s.bucket <> ALL($7::smallint[]) OR EXISTS (SELECT 1"
+        f"   FROM {table} AS o WHERE o.bucket = s.bucket AND o.key = s.key AND o.published_at IS NULL"
+        "   AND o.parked_at IS NULL AND o.id <> ALL($8::bigint[]))) AS waits FROM staged AS s)"
+        " SELECT c.id, c.bucket, c.event_id, c.created_at, c.waits FROM checked AS c,"
+        " (SELECT count(pg_notify($9, $10)) FROM checked WHERE waits) AS woken"
+    )
+    statement = together(along, (check, (*columns, held, acked, notify_channel(schema), schema)))
+    rows = await conn.fetch(statement[0], *statement[1])
+    return sorted(
+        (
+            Staged(row["id"], row["bucket"], row["event_id"], *records[row["event_id"]], row["created_at"])
+            for row in rows
+            if not row["waits"]
+        ),
+        key=lambda staged: staged.id,
+    )
 
 
 async def stage_message(

@@ -9,6 +9,14 @@ acknowledgements. The marks ride on the next pass, or go on their own when the r
 idle. A crash before the mark re-sends those rows later under the same event ids (in id
 order, before anything newer of their keys), which consumers drop as duplicates. Woken by
 LISTEN/NOTIFY, with a polling fallback.
+
+Dispatch after commit: a worker in the same process hands the relay the rows it has just
+committed (`hand`) when its stage statement found them free to go — their bucket held by
+this relay, and every earlier pending row of their keys already acknowledged by it
+(`eligibility`); those rows are sent at once, with no NOTIFY and no pass statement. Every
+other row (a key with rows still in flight or pending elsewhere, a bucket another relay
+holds, a staging without a worker) goes the NOTIFY and pass way, which is also the sweeper
+for whatever a crash left behind.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +40,7 @@ from producers import failpoints
 from producers.db import qualified
 from producers.errors import DeliveryError
 from producers.metrics import RelayMetrics
-from producers.outbox import notify_channel
+from producers.outbox import Staged, notify_channel
 from producers.publisher import Ack, Publisher
 from producers.tracing import relay_send_span
 from schemas.codec import Record
@@ -77,11 +85,17 @@ class OutboxRelay:
         self.metrics = metrics
         if metrics:  # at 0 from the start: a rate or an alert sees the first failure
             metrics.publish_failures.labels(schema)
+            metrics.dispatched.labels(schema)
         self.after_send = after_send
         self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
         self._wake = asyncio.Event()
         self._again = False  # the last pass left rows it could have sent: run the next at once
         self._unmarked: list[int] = []  # acknowledged ids the next statement marks published
+        self._unmarked_since = 0.0  # monotonic time of the oldest of them
+        self._held: set[int] = set()  # buckets the running relay's connection holds (dispatch)
+        self._handed: list[Staged] = []  # rows workers handed over after their commits (dispatch)
+        self._pass_wanted = False  # a NOTIFY came: rows wait that only a pass finds
+        self._running = False  # `run` holds its connection: rows may be handed over
 
     async def publish_pending(self, *, observe: bool = True) -> int:
         """One pass on a connection of the pool, marks included, buckets released at the end;
@@ -96,16 +110,14 @@ class OutboxRelay:
             await self._observe_backlog()
         return published
 
-    async def _publish_pass(self, conn: Any) -> int:
+    async def _publish_pass(self, conn: Any, *, held: set[int] | None = None) -> int:
         """One statement, whatever the number of buckets: mark what the last pass got
         acknowledged, lock every pending bucket no other relay holds (a bucket this session
         holds already is granted again), read the lowest pending ids among them (for each
         bucket a prefix of its rows, in id order). Then send them all and wait for the
         acknowledgements; the acknowledged prefix of each bucket is marked by the next pass.
-        A bucket whose row failed stops there: its later rows go again next pass, so per-key
-        order holds; a row the broker refuses for what it is is parked so that its bucket
-        moves on."""
-        failures: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
+        `held` (the running relay's): where the buckets of the rows read are recorded, and
+        handed rows the pass read are taken off the hand-over list (sent here, in order)."""
         self._again = False
         marks = self._unmarked
         rows = await conn.fetch(
@@ -126,43 +138,55 @@ class OutboxRelay:
         if not rows:
             return 0
         self._again = len(rows) >= self.options.batch_size  # a full pass: more may wait
+        staged = [_staged(row) for row in rows]
+        if held is not None:
+            held.update(row.bucket for row in staged)
+            read = {row.id for row in staged}
+            self._handed = [row for row in self._handed if row.id not in read]
+        return await self._send(conn, staged)
+
+    async def _send(self, conn: Any, rows: list[Staged]) -> int:
+        """Send rows (in id order) and wait for the acknowledgements; the acknowledged ones
+        are marked by the next statement. A bucket whose row failed stops there: its later
+        rows go again next pass, so per-key order holds; a row the broker refuses for what it
+        is is parked so that its bucket moves on. Returns the rows acknowledged."""
+        failures: dict[int, tuple[Staged, DeliveryError]] = {}
         failpoints.hit("relay.before-send")
-        sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
-        unsent: dict[int, tuple[asyncpg.Record, DeliveryError]] = {}
+        sent: list[tuple[Staged, asyncio.Future[Any]]] = []
+        unsent: dict[int, tuple[Staged, DeliveryError]] = {}
         spans: dict[int, Span] = {}  # row id -> its send span, when tracing records spans
         now = datetime.now(UTC)
         for row in rows:
-            if row["bucket"] in unsent:
+            if row.bucket in unsent:
                 continue  # after a refused send in its bucket: next pass
-            if failpoints.enabled("relay.drop") and zlib.crc32(row["event_id"].encode()) % 10 == 0:
+            if failpoints.enabled("relay.drop") and zlib.crc32(row.event_id.encode()) % 10 == 0:
                 sent.append((row, _dropped(row)))  # the defect: marked published, never sent
                 continue
-            record = _record(row)
-            delay = (now - row["created_at"]).total_seconds()
+            delay = (now - row.created_at).total_seconds()
             span = relay_send_span(
-                row["topic"], record.headers, event_id=row["event_id"], key=record.key, delay_s=delay
+                row.topic, row.record.headers, event_id=row.event_id, key=row.record.key, delay_s=delay
             )
             try:
-                sent.append((row, await self.publisher.enqueue(row["topic"], record)))
+                sent.append((row, await self.publisher.enqueue(row.topic, row.record)))
             except DeliveryError as exc:
-                unsent[row["bucket"]] = (row, exc)
+                unsent[row.bucket] = (row, exc)
                 _end_span(span, exc)
                 continue
             if span is not None:
-                spans[row["id"]] = span
+                spans[row.id] = span
         results = await asyncio.gather(
-            *(Publisher.acknowledged(f, r["topic"], r["event_id"]) for r, f in sent),
+            *(Publisher.acknowledged(f, r.topic, r.event_id) for r, f in sent),
             return_exceptions=True,
         )
         for (row, _), result in zip(sent, results, strict=True):
-            _end_span(spans.pop(row["id"], None), result)
-        acked: list[asyncpg.Record] = []
+            _end_span(spans.pop(row.id, None), result)
+        acked: list[Staged] = []
         acks: list[Ack] = []
         for (row, _), result in zip(sent, results, strict=True):
-            if row["bucket"] in failures:
+            if row.bucket in failures:
                 continue  # after a failure in its bucket: not marked, sent again next pass
             if isinstance(result, BaseException):
-                failures[row["bucket"]] = (
+                failures[row.bucket] = (
                     row,
                     result
                     if isinstance(result, DeliveryError)
@@ -176,7 +200,9 @@ class OutboxRelay:
         if self.after_send is not None:
             await self.after_send(acks)
         failpoints.hit("relay.after-send")  # acknowledged, not yet marked published
-        self._unmarked = [row["id"] for row in acked]
+        if acked and not self._unmarked:
+            self._unmarked_since = time.monotonic()
+        self._unmarked.extend(row.id for row in acked)
         for bucket, (row, failure) in sorted(failures.items()):
             if failure.record_refused:
                 await self._park(conn, row, failure)
@@ -191,7 +217,7 @@ class OutboxRelay:
                 self.schema,
                 bucket,
                 failure,
-                row["id"],
+                row.id,
             )
         return len(acked)
 
@@ -205,29 +231,29 @@ class OutboxRelay:
             )
             self._unmarked = []
 
-    async def _park(self, conn: Any, row: asyncpg.Record, failure: DeliveryError) -> None:
+    async def _park(self, conn: Any, row: Staged, failure: DeliveryError) -> None:
         await conn.execute(
             f"UPDATE {self.table} SET parked_at = clock_timestamp(), park_reason = $2,"
             " attempts = attempts + 1 WHERE id = $1",
-            row["id"],
+            row.id,
             str(failure)[:1000],
         )
         log.error(
             "outbox %s: parked row %d (event %s, topic %s), the broker refuses it: %s",
             self.schema,
-            row["id"],
-            row["event_id"],
-            row["topic"],
+            row.id,
+            row.event_id,
+            row.topic,
             failure,
         )
 
-    def _observe_published(self, rows: list[asyncpg.Record]) -> None:
+    def _observe_published(self, rows: list[Staged]) -> None:
         if not self.metrics or not rows:
             return
         now = datetime.now(UTC)
         for row in rows:
-            self.metrics.published.labels(self.schema, row["topic"]).inc()
-            self.metrics.latency.labels(self.schema).observe((now - row["created_at"]).total_seconds())
+            self.metrics.published.labels(self.schema, row.topic).inc()
+            self.metrics.latency.labels(self.schema).observe((now - row.created_at).total_seconds())
 
     async def _observe_backlog(self) -> None:
         if not self.metrics:
@@ -250,36 +276,85 @@ class OutboxRelay:
         )
         return int(status.split()[-1])
 
+    def eligibility(self) -> tuple[list[int], list[int]]:
+        """What a worker's stage statement needs to tell which of its rows this relay may
+        send right after the commit: the buckets the running relay holds, and the ids it got
+        acknowledged and has not yet marked (pending in the table, on the broker already).
+        Nothing while the relay is not running, or is behind (its last pass was full): every
+        row then goes the NOTIFY way, and no stage statement looks for a key's earlier rows
+        among a backlog."""
+        if not self._running or self._again:
+            return [], []
+        return sorted(self._held), list(self._unmarked)
+
+    def hand(self, rows: Sequence[Staged]) -> None:
+        """Rows a worker has committed and `eligibility` cleared: the running relay sends them
+        on its next turn, with no pass statement. If it cannot (its connection, and with it
+        the buckets, changed in between) they wait in the table for a pass."""
+        if rows:
+            self._handed.extend(rows)
+            self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until `stop` is set; wakes on NOTIFY, polls as a fallback, prunes
-        periodically. One connection, held throughout: it listens, runs every pass and holds
-        the buckets' locks, so this relay keeps its buckets until it stops."""
+        """Publish until `stop` is set: rows handed over at once, a pass when a NOTIFY says
+        rows wait that only a pass finds, polls as a fallback, prunes periodically. One
+        connection, held throughout: it listens, runs every pass and holds the buckets'
+        locks, so this relay keeps its buckets until it stops."""
         conn = await self.pool.acquire()
         last_prune = last_observed = 0.0
+        self._held = set()
+        pass_due = True  # the first turn sweeps what is pending (and learns its buckets)
         try:  # from here on the connection goes back to the pool whatever happens
             await conn.add_listener(notify_channel(self.schema), self._on_notify)
+            self._running = True
             while not stop.is_set():
                 self._wake.clear()
-                await self._publish_pass(conn)
-                # the backlog gauges at most once a second: under load a pass runs per commit
+                if self._handed:
+                    await self._send_handed(conn)
+                if pass_due or self._pass_wanted or self._again:
+                    self._pass_wanted = False
+                    await self._publish_pass(conn, held=self._held)
+                elif self._unmarked and time.monotonic() - self._unmarked_since >= MARK_DELAY_S:
+                    await self._mark(conn)  # only handed rows keep coming: no pass carries the marks
+                pass_due = False
+                # the backlog gauges at most once a second: under load a turn runs per commit
                 if time.monotonic() - last_observed >= GAUGE_INTERVAL_S:
                     await self._observe_backlog()
                     last_observed = time.monotonic()
                 if time.monotonic() - last_prune > self.options.prune_interval_s:
                     await self.prune()
                     last_prune = time.monotonic()
-                if self._again:
+                if self._again or self._handed or self._pass_wanted:
                     continue  # more are waiting: go again without sleeping
-                # otherwise wait: rows committed during the pass have set `_wake` (their NOTIFY
-                # comes after their commit), so no pass is run just to find nothing; marks wait
-                # a moment for the next pass to carry them, then go on their own
-                if not (self._unmarked and await self._wait(stop, MARK_DELAY_S)):
+                # otherwise wait: rows committed during the turn have set `_wake` (a hand-over
+                # or their NOTIFY comes after their commit), so no pass is run just to find
+                # nothing; marks wait a moment for the next pass to carry them, then go alone
+                if self._unmarked:
+                    left = MARK_DELAY_S - (time.monotonic() - self._unmarked_since)
+                    if await self._wait(stop, max(left, 0.0)):
+                        continue
                     await self._mark(conn)
-                    await self._wait(stop, self.options.poll_interval_s)
-            await self._publish_pass(conn)  # flush: what was staged before the stop goes out now
+                pass_due = not await self._wait(stop, self.options.poll_interval_s)
+            self._running = False
+            await self._publish_pass(conn, held=self._held)  # flush: what was staged goes out now
             await self._mark(conn)
         finally:
+            self._running = False
+            self._held = set()
             await self._give_back(conn)
+
+    async def _send_handed(self, conn: Any) -> None:
+        """Send what workers handed over, but only rows of buckets this connection holds and
+        not acknowledged already (a pass may have sent a row before it was handed)."""
+        rows, self._handed = self._handed, []
+        acked = set(self._unmarked)
+        mine = sorted((row for row in rows if row.bucket in self._held and row.id not in acked), key=_id)
+        if any(row.bucket not in self._held and row.id not in acked for row in rows):  # wake their relay
+            await conn.execute("SELECT pg_notify($1, $2)", notify_channel(self.schema), self.schema)
+        if mine:
+            sent = await self._send(conn, mine)
+            if self.metrics:
+                self.metrics.dispatched.labels(self.schema).inc(sent)
 
     async def _wait(self, stop: asyncio.Event, timeout_s: float) -> bool:
         """Until woken by a NOTIFY or the stop, at most `timeout_s`; True if woken."""
@@ -305,6 +380,7 @@ class OutboxRelay:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.schema:
+            self._pass_wanted = True
             self._wake.set()
 
 
@@ -336,13 +412,18 @@ def _end_span(span: Span | None, result: object) -> None:
     span.end()
 
 
-def _dropped(row: asyncpg.Record) -> asyncio.Future[Any]:
+def _dropped(row: Staged) -> asyncio.Future[Any]:
     """An acknowledgement for a record never sent (the `relay.drop` defect)."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(RecordMetadata(row["topic"], 0, TopicPartition(row["topic"], 0), -1, -1, -1, -1))
+    future.set_result(RecordMetadata(row.topic, 0, TopicPartition(row.topic, 0), -1, -1, -1, -1))
     return future
 
 
-def _record(row: asyncpg.Record) -> Record:
+def _id(row: Staged) -> int:
+    return row.id
+
+
+def _staged(row: asyncpg.Record) -> Staged:
     headers = [(name, value.encode()) for name, value in from_json(row["headers"])]  # 4x json.loads' speed
-    return Record(bytes(row["key"]), bytes(row["value"]), headers)
+    record = Record(bytes(row["key"]), bytes(row["value"]), headers)
+    return Staged(row["id"], row["bucket"], row["event_id"], row["topic"], record, row["created_at"])

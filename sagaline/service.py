@@ -58,6 +58,11 @@ async def serve(
             if spec.migrate:
                 await spec.migrate(conn)
         lanes = Lanes(spec.group, spec.delays_s, spec.topics.prefix)
+        kafka = ends.kafka_as(spec.name)  # under least privilege, the service's own Kafka user
+        publisher = Publisher(kafka, source=spec.source, **PASS_SENDER)
+        relay = None
+        if spec.run_relay:
+            relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
         uow = UnitOfWork(
             pool,
             schema=spec.schema,
@@ -68,9 +73,9 @@ async def serve(
             budget=spec.budget,
             transaction_per_message=spec.transaction_per_message,
             lanes=lanes,
+            dispatch=relay if settings.outbox_dispatch else None,
         )
-        kafka = ends.kafka_as(spec.name)  # under least privilege, the service's own Kafka user
-        async with Publisher(kafka, source=spec.source, **PASS_SENDER) as publisher:
+        async with publisher:
             worker = Worker(
                 kafka,
                 uow,
@@ -109,9 +114,8 @@ async def serve(
             loops: dict[str, Callable[[], Awaitable[None]]] = {
                 f"{spec.name}-worker": lambda: worker.run(stop)
             }
-            if spec.run_relay:
-                relay = OutboxRelay(pool, publisher, spec.schema, metrics=RelayMetrics(registry))
-                loops[f"{spec.name}-relay"] = lambda: relay.run(stop)
+            if relay is not None:
+                loops[f"{spec.name}-relay"] = partial(relay.run, stop)
             loops[f"{spec.name}-inbox-prune"] = partial(
                 inbox.prune_loop,
                 pool,

@@ -147,6 +147,13 @@ class Settings(BaseSettings):
         "below half that rate every record is reacted to at once (0: always). Under load it costs "
         "up to this much per hop and saves far more in queueing (docs/benchmarks.md).",
     )
+    outbox_dispatch: bool = Field(
+        default=True,
+        description="A worker hands the events its unit of work staged to its own process's "
+        "relay right after the commit, which sends them at once (no NOTIFY, no pass statement) "
+        "when per-key order allows; false: every event waits for a relay pass "
+        "(docs/publishing.md, dispatch after commit).",
+    )
     worker_stall_after_s: float = Field(
         default=60.0,
         ge=5,

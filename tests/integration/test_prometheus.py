@@ -174,6 +174,11 @@ async def test_prometheus_sees_the_platform_and_its_alerts_fire(
         for child in platform.children:
             await _promtool_check_metrics(child.port)
 
+        async def dispatched() -> bool:  # the services' relays sent rows their workers handed over
+            return (await prometheus.value("sum(sagaline_outbox_dispatched_total)") or 0) > 0
+
+        await wait_until(dispatched, timeout_s=30, interval_s=0.5)
+
         # poison on the ingress topic: the order service dead-letters it, the alert fires
         producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
         await producer.start()
