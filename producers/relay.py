@@ -60,6 +60,7 @@ class RelayOptions:
 
 GAUGE_INTERVAL_S = 1.0
 MARK_DELAY_S = 0.2  # how long acknowledged rows wait for the next pass to mark them
+MAX_HANDED = 5000  # rows handed over and not yet sent, beyond which workers stop handing more
 
 
 class OutboxRelay:
@@ -280,10 +281,11 @@ class OutboxRelay:
         """What a worker's stage statement needs to tell which of its rows this relay may
         send right after the commit: the buckets the running relay holds, and the ids it got
         acknowledged and has not yet marked (pending in the table, on the broker already).
-        Nothing while the relay is not running, or is behind (its last pass was full): every
-        row then goes the NOTIFY way, and no stage statement looks for a key's earlier rows
-        among a backlog."""
-        if not self._running or self._again:
+        Nothing while the relay is not running, or is behind (its last pass was full, or
+        `MAX_HANDED` rows wait for it, as when the broker does not answer): every row then
+        goes the NOTIFY way and waits in the table, and no stage statement looks for a key's
+        earlier rows among a backlog."""
+        if not self._running or self._again or len(self._handed) >= MAX_HANDED:
             return [], []
         return sorted(self._held), list(self._unmarked)
 

@@ -166,8 +166,14 @@ async def _load(
     """The orders' reservations, and the stock rows the batch can touch (the paid lines'
     SKUs and those of reservations a cancellation may release) locked in SKU order — the
     rows are locked as the sorted scan returns them, so every batch takes them in one global
-    order. One round trip: the reservations are stable (the unit of work holds their orders'
-    locks), and a stock row locked after a wait is read as last committed."""
+    order. A batch with paid lines locks stock anyway: one round trip (the reservations
+    are stable under their orders' locks, which the unit of work holds, and a stock row
+    locked after a wait is read as last committed). Without, the stock is read only if a
+    reservation may be released: such a batch never touches it."""
+    if not paid_skus:
+        known = await _load_reservations(conn, schema, order_ids)
+        held = sorted({line.sku for r in known.values() if r.status == "reserved" for line in r.lines})
+        return known, await _lock_stock(conn, schema, held) if held else {}
     rows = await conn.fetch(
         f"WITH r AS MATERIALIZED (SELECT order_id, status, lines FROM {qualified(schema, 'reservations')}"
         "   WHERE order_id = ANY($1::text[])),"
@@ -184,11 +190,33 @@ async def _load(
     stock: dict[str, Stock] = {}
     for row in rows:
         if row["sku"] is None:
-            lines = tuple(StockLine.model_validate(x) for x in json.loads(row["lines"]))
-            reservations[row["order_id"]] = Reservation(row["order_id"], row["status"], lines)
+            reservations[row["order_id"]] = _reservation(row)
         else:
             stock[row["sku"]] = Stock(row["sku"], row["available"], row["reserved"], row["released"])
     return reservations, stock
+
+
+async def _load_reservations(conn: DbConnection, schema: str, order_ids: list[str]) -> dict[str, Reservation]:
+    rows = await conn.fetch(
+        f"SELECT order_id, status, lines FROM {qualified(schema, 'reservations')}"
+        " WHERE order_id = ANY($1::text[])",
+        order_ids,
+    )
+    return {row["order_id"]: _reservation(row) for row in rows}
+
+
+async def _lock_stock(conn: DbConnection, schema: str, skus: list[str]) -> dict[str, Stock]:
+    rows = await conn.fetch(
+        f"SELECT sku, available, reserved, released FROM {qualified(schema, 'stock')}"
+        " WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+        skus,
+    )
+    return {row["sku"]: Stock(**dict(row)) for row in rows}
+
+
+def _reservation(row: asyncpg.Record) -> Reservation:
+    lines = tuple(StockLine.model_validate(x) for x in json.loads(row["lines"]))
+    return Reservation(row["order_id"], row["status"], lines)
 
 
 def _save(ctx: HandlerContext, decisions: Decisions) -> None:

@@ -159,23 +159,27 @@ def decide_batch(
 
 async def _load(conn: DbConnection, schema: str, messages: list[m.Message]) -> Orders:
     """The batch's orders, by id and by the requests' idempotency keys, row-locked in order-id
-    order (the deadline scan locks rows too); and the early cancellations of the requests'
-    orders. One round trip: early cancellations are written under their order's lock, which
-    the unit of work holds."""
+    order (the deadline scan locks rows too); and, when the batch holds requests, the early
+    cancellations of their orders in the same round trip (written under their order's lock,
+    which the unit of work holds: stable)."""
     ids = sorted({msg.order_id for msg in messages})
     keys = sorted({msg.idempotency_key for msg in messages if isinstance(msg, m.PlaceOrder)})
     placing = sorted({msg.order_id for msg in messages if isinstance(msg, m.PlaceOrder)})
-    rows = await conn.fetch(
-        f"WITH o AS MATERIALIZED (SELECT {_COLUMNS} FROM {qualified(schema, 'orders')}"
-        "   WHERE order_id = ANY($1::text[]) OR idempotency_key = ANY($2::text[])"
-        "   ORDER BY order_id FOR UPDATE)"
-        f" SELECT false AS early, {_COLUMNS}, NULL::text AS reason FROM o UNION ALL"
-        " SELECT true, order_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, reason"
-        f" FROM {qualified(schema, 'early_cancellations')} WHERE order_id = ANY($3::text[])",
-        ids,
-        keys,
-        placing,
+    orders_of = (
+        f"SELECT false AS early, {_COLUMNS}, NULL::text AS reason FROM {qualified(schema, 'orders')}"
+        " WHERE order_id = ANY($1::text[]) OR idempotency_key = ANY($2::text[]) ORDER BY order_id FOR UPDATE"
     )
+    if not placing:  # no request: no early cancellation to look for
+        rows = await conn.fetch(orders_of, ids, keys)
+    else:
+        rows = await conn.fetch(
+            f"WITH o AS MATERIALIZED ({orders_of}) SELECT * FROM o UNION ALL"
+            " SELECT true, order_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, reason"
+            f" FROM {qualified(schema, 'early_cancellations')} WHERE order_id = ANY($3::text[])",
+            ids,
+            keys,
+            placing,
+        )
     orders = Orders()
     early: dict[str, str] = {}
     for row in rows:

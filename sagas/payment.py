@@ -197,8 +197,14 @@ async def _load(
     """The orders' payments, and the accounts the batch can touch (the new orders'
     customers and those of charged payments a cancellation may refund) locked in customer
     order — the rows are locked as the sorted scan returns them, so every batch takes them
-    in one global order. One round trip: the payments are stable (the unit of work holds
-    their orders' locks), and an account locked after a wait is read as last committed."""
+    in one global order. A batch with new orders locks accounts anyway: one round trip
+    (the payments are stable under their orders' locks, which the unit of work holds, and
+    an account locked after a wait is read as last committed). Without, the accounts are
+    read only if a charged payment may be refunded: such a batch never touches them."""
+    if not paying:
+        known = await _load_payments(conn, schema, order_ids)
+        charged = sorted({p.customer_id for p in known.values() if p.status == "charged"})
+        return known, await _lock_accounts(conn, schema, charged) if charged else {}
     rows = await conn.fetch(
         f"WITH p AS MATERIALIZED (SELECT {_PAYMENT_COLUMNS} FROM {qualified(schema, 'payments')}"
         "   WHERE order_id = ANY($1::text[])),"
@@ -220,6 +226,23 @@ async def _load(
             payment = Payment(**{k: v for k, v in row.items() if k != "balance_minor"})
             payments[payment.order_id] = payment
     return payments, accounts
+
+
+async def _load_payments(conn: DbConnection, schema: str, order_ids: list[str]) -> dict[str, Payment]:
+    rows = await conn.fetch(
+        f"SELECT {_PAYMENT_COLUMNS} FROM {qualified(schema, 'payments')} WHERE order_id = ANY($1::text[])",
+        order_ids,
+    )
+    return {row["order_id"]: Payment(**dict(row)) for row in rows}
+
+
+async def _lock_accounts(conn: DbConnection, schema: str, customers: list[str]) -> dict[str, Account]:
+    rows = await conn.fetch(
+        f"SELECT customer_id, currency, balance_minor FROM {qualified(schema, 'accounts')}"
+        " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
+        customers,
+    )
+    return {row["customer_id"]: Account(**dict(row)) for row in rows}
 
 
 def _save(ctx: HandlerContext, decisions: Decisions) -> None:
