@@ -278,6 +278,7 @@ async def test_s4_one_of_two_payment_workers_is_stopped_then_a_third_joins(
     chaos: Chaos = chaos_factory("S4 SIGTERM one of two, add a third")
     await chaos.start_all()
     chaos.start("payment", instance="payment#2")
+    await chaos.serving("payment#2")  # its SIGTERM is the fault, not a kill during start-up
     async with nemesis(chaos):
         publishing = asyncio.create_task(chaos.publish(workload, rate=100))
         await _ordered_at_least(saga, 300)

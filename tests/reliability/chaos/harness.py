@@ -86,6 +86,15 @@ class Chaos:
         self.record("start", process=key, pid=process.proc.pid, failpoints=self.failpoints.get(name, ""))
         return process
 
+    async def serving(self, key: str, timeout_s: float = 60.0) -> None:
+        """Until the process `key` serves (it logs its ops address once its signal handlers,
+        pool and lanes are in place): a SIGTERM before that finds no handler yet."""
+
+        async def logged() -> bool:
+            return " ops on " in self.processes[key].output()
+
+        await wait_until(logged, timeout_s=timeout_s)
+
     async def start_all(self, *, dlq: bool = False) -> None:
         """Every service (and the DLQ indexer), once each has installed its tables."""
         for name in (*SERVICES, *(("dlq",) if dlq else ())):
