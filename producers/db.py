@@ -35,8 +35,8 @@ def together(statements: Sequence[Statement], final: Statement = ("SELECT 1", ()
     followed by digits may appear in their text only as a parameter). PostgreSQL runs every
     data-modifying WITH query exactly once and to completion, all against one snapshot: none
     sees another's changes, so they must neither depend on each other nor touch the same
-    rows. `final` may start with WITH queries of its own (which then may read the others'
-    RETURNING). A single statement with no `final` is returned as it is."""
+    rows. `final` may start with WITH queries of its own, which join the list. A single
+    statement with no `final` is returned as it is."""
     if len(statements) == 1 and final == ("SELECT 1", ()):
         return statements[0]
     parts: list[str] = []

@@ -32,3 +32,15 @@ def test_two_digit_parameters_are_renumbered_whole() -> None:
     sql, args = together([("UPDATE a SET x = $1", (0,)), ("UPDATE b SET y = $12, z = $2", many)])
     assert sql == "WITH w0 AS (UPDATE a SET x = $1), w1 AS (UPDATE b SET y = $13, z = $3) SELECT 1"
     assert args == (0, *many)
+
+
+def test_a_final_statement_with_its_own_with_queries_joins_the_list() -> None:
+    sql, args = together(
+        [("UPDATE a SET x = $1", (1,))],
+        ("WITH s AS (INSERT INTO b VALUES ($1) RETURNING id) SELECT id FROM s WHERE id <> $2", (2, 3)),
+    )
+    assert sql == (
+        "WITH w0 AS (UPDATE a SET x = $1), s AS (INSERT INTO b VALUES ($2) RETURNING id)"
+        " SELECT id FROM s WHERE id <> $3"
+    )
+    assert args == (1, 2, 3)
