@@ -18,7 +18,9 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
    sampling) over OTLP/HTTP to a local receiver (sagaline.otlp_sink), against the base
    layout's run with tracing off: what tracing costs.
 
-Every run checks the saga invariants (sagas.invariants) for its orders.
+Every run checks the saga invariants (sagas.invariants) for its orders, then drops its
+schemas and topics (`discard_run`) unless asked to keep them: a run writes a few hundred
+megabytes to the stack, and a stack that keeps every run fills the disk.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class BenchOptions:
     scaling: bool = True
     ceilings: bool = True
     tracing: bool = True
+    keep: bool = False  # leave each run's schemas and topics on the stack
 
 
 @dataclass(frozen=True)
@@ -213,9 +216,47 @@ async def _phase(
             await pool.close()
             platform.stop()
             await sink.stop()
+            if not options.keep:
+                dropped = await discard_run(ends, token)
+                say(f"{layout.label}: dropped {dropped.schemas} schemas, {dropped.topics} topics ({token})")
     if layout.tracing:
         sustained["otlp_exports"] = {"requests": sink.requests, "bytes": sink.bytes}
     return {"sustained": sustained, "latency": points}
+
+
+@dataclass(frozen=True)
+class Discarded:
+    schemas: int
+    topics: int
+
+
+async def discard_run(ends: Endpoints, token: str) -> Discarded:
+    """Drop everything one run made on the stack: the schemas named `<token>_…` and the topics
+    named `<token>.…` (saga topics, retry lanes, dead-letter topics). Its consumer groups go
+    with their topics' offsets (the broker deletes an empty group that has none). Call it
+    once the run's processes have stopped."""
+    if not token.isalnum():
+        raise ValueError(f"a run token is letters and digits only, got {token!r}")
+    conn = await asyncpg.connect(ends.postgres_dsn)
+    try:
+        schemas = [
+            row["nspname"]
+            for row in await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)", f"{token}_"
+            )
+        ]
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    admin = await start_admin(ends.kafka)
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(f"{token}.")]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    return Discarded(schemas=len(schemas), topics=len(topics))
 
 
 async def _costed(

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from producers.admin import ensure_topics
+from producers.admin import ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from sagaline.localstack import kafka as local_kafka
 from sagaline.settings import Settings
@@ -37,17 +37,24 @@ async def kafka_perf(settings: Settings, kafka: KafkaConnection, bootstrap: str)
     topic = f"bench.perf.{uuid.uuid4().hex[:6]}"
     await ensure_topics(kafka, [TopicSpec(topic, partitions=6, replication=1)])
     records = 200_000
-    produced = await asyncio.to_thread(
-        _java_tool, libs, "org.apache.kafka.tools.ProducerPerformance",
-        "--topic", topic, "--num-records", str(records), "--record-size", "400", "--throughput", "-1",
-        "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-        "linger.ms=5",
-    )  # fmt: skip
-    producer_rate = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
-    consumed = await asyncio.to_thread(
-        _java_tool, libs, "org.apache.kafka.tools.ConsumerPerformance",
-        "--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records), "--hide-header",
-    )  # fmt: skip
+    try:
+        produced = await asyncio.to_thread(
+            _java_tool, libs, "org.apache.kafka.tools.ProducerPerformance",
+            "--topic", topic, "--num-records", str(records), "--record-size", "400", "--throughput", "-1",
+            "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
+            "linger.ms=5",
+        )  # fmt: skip
+        producer_rate = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
+        consumed = await asyncio.to_thread(
+            _java_tool, libs, "org.apache.kafka.tools.ConsumerPerformance",
+            "--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records), "--hide-header",
+        )  # fmt: skip
+    finally:  # 80 MB of perf records are of no use once measured
+        admin = await start_admin(kafka)
+        try:
+            await admin.delete_topics([topic])
+        finally:
+            await admin.close()
     # data: start, end, MB, MB/s, nMsg, nMsg/s, ...
     consumer_rate = float(consumed.strip().splitlines()[-1].split(",")[5])
     return {

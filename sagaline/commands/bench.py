@@ -34,6 +34,11 @@ def bench(
         "--tracing/--no-tracing",
         help="Also run the sustained phase with every span exported (100%) to a local OTLP receiver.",
     ),
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        help="Leave each run's schemas and topics on the stack (they are dropped by default).",
+    ),
     report: Path | None = typer.Option(
         None, "--report", help="Also append the tables (Markdown) to this file, e.g. docs/benchmarks.md."
     ),
@@ -43,12 +48,18 @@ def bench(
     (per process), SQL statements, transactions and Kafka records per saga, open-loop latency
     at 25/50/75% of the sustained rate and at 10 orders/s, with tracing on (every span
     exported) against off, scaling to 2 processes and to twice the partitions. Starts the
-    local stack when nothing is configured; runs on fresh topics and schemas. Exit 1 if any
-    run breaks an invariant. Takes about 10 minutes."""
+    local stack when nothing is configured; each run works on fresh topics and schemas and
+    drops them when it ends (`--keep` leaves them). Exit 1 if any run breaks an invariant.
+    Takes about 10 minutes."""
     settings = Settings()
     configure_logging("WARNING")
     options = BenchOptions(
-        seconds=seconds, latency_seconds=latency_seconds, scaling=scaling, ceilings=ceilings, tracing=tracing
+        seconds=seconds,
+        latency_seconds=latency_seconds,
+        scaling=scaling,
+        ceilings=ceilings,
+        tracing=tracing,
+        keep=keep,
     )
 
     def say(line: str) -> None:
