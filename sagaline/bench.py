@@ -280,11 +280,17 @@ async def _costed(
         before = await pg_counters(conn)
     records_before = await _records(ends.kafka, token)
     cpu_before = CpuSample.take(groups, postmaster)
-    result = await run_demo(ends.kafka, pool, config, demo)
-    cpu = CpuSample.take(groups, postmaster).minus(cpu_before)
+    cpu: dict[str, float] = {}
+    counters: dict[str, int] = {}
+
+    async def ended() -> None:  # the window closes as the last saga ends, before the checks
+        cpu.update(CpuSample.take(groups, postmaster).minus(cpu_before))
+        async with pool.acquire() as conn:
+            counters.update({k: v - before.get(k, 0) for k, v in (await pg_counters(conn)).items()})
+
+    result = await run_demo(ends.kafka, pool, config, demo, ended=ended)
     records = await _records(ends.kafka, token) - records_before
     async with pool.acquire() as conn:
-        counters = {k: v - before.get(k, 0) for k, v in (await pg_counters(conn)).items()}
         await measure_hops(conn, config, result)  # after the measured window: not part of the cost
     done = max(result.orders - result.open_sagas, 1)
     return result, {

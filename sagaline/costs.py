@@ -1,6 +1,7 @@
 """Where a run's cost goes, measured from outside the processes: CPU-seconds from /proc for
 each process (services, Kafka brokers, PostgreSQL backends), and PostgreSQL's own counters
-(transactions from pg_stat_database; statements from pg_stat_statements when loaded).
+(transactions from pg_stat_database; statements from pg_stat_statements when loaded; WAL
+volume from pg_stat_wal).
 
 CPU-seconds and round trips are the figures a noisy shared machine moves least; rates are
 reported next to them, never instead of them."""
@@ -69,7 +70,9 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 async def pg_counters(conn: DbConnection) -> dict[str, int]:
     """Transactions committed and rolled back in this database; statements executed, when
-    pg_stat_statements is loaded (the local stack preloads it)."""
+    pg_stat_statements is loaded (the local stack preloads it); WAL bytes and full-page
+    images written (pg_stat_wal: the whole cluster's, so only meaningful on a stack the
+    measured run has to itself, like the bench stack)."""
     row = await conn.fetchrow(
         "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()"
     )
@@ -83,4 +86,11 @@ async def pg_counters(conn: DbConnection) -> dict[str, int]:
         counters["statements"] = int(calls or 0)
     except asyncpg.PostgresError:
         pass  # not preloaded: statements are not counted
+    try:
+        wal = await conn.fetchrow("SELECT wal_bytes, wal_fpi FROM pg_stat_wal")
+    except asyncpg.PostgresError:
+        wal = None  # before PostgreSQL 14, or not allowed to read it
+    if wal is not None:
+        counters["wal_bytes"] = int(wal["wal_bytes"])
+        counters["wal_full_pages"] = int(wal["wal_fpi"])
     return counters

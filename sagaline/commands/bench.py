@@ -96,6 +96,7 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         "CPU ms/saga",
         "statements",
         "transactions",
+        "WAL kB (full pages)",
         "records",
         "ok",
     ):
@@ -127,9 +128,17 @@ def _sustained_cells(row: dict[str, Any]) -> list[str]:
         f"{row['cpu_ms_per_saga_total']} ({_by_process(row['cpu_ms_per_saga'])})",
         str(row.get("statements_per_saga", "n/a")),
         str(row.get("transactions_per_saga", "n/a")),
+        _wal(row),
         str(row["kafka_records_per_saga"]),
         "ok" if row["invariants_ok"] else "FAILED",
     ]
+
+
+def _wal(row: dict[str, Any]) -> str:
+    """WAL per saga in kB, with the full-page images among it (they grow after checkpoints)."""
+    if "wal_bytes_per_saga" not in row:
+        return "n/a"
+    return f"{row['wal_bytes_per_saga'] / 1000:.1f} ({row.get('wal_full_pages_per_saga', 'n/a')})"
 
 
 def _by_process(cpu: dict[str, float]) -> str:
@@ -164,8 +173,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "| layout | sagas/s | ratio | CPU ms/saga (by process) | statements/saga | transactions/saga"
-        " | Kafka records/saga | invariants |",
-        "|---|---|---|---|---|---|---|---|",
+        " | WAL kB/saga (full-page images) | Kafka records/saga | invariants |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(_sustained_cells(row)) + " |" for row in result["sustained"]]
     if result.get("latency"):
