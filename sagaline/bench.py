@@ -19,8 +19,8 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
    layout's run with tracing off: what tracing costs.
 
 Every run checks the saga invariants (sagas.invariants) for its orders, then drops its
-schemas and topics (`discard_run`) unless asked to keep them: a run writes a few hundred
-megabytes to the stack, and a stack that keeps every run fills the disk.
+schemas and topics (`discard_run`) unless asked to keep them: a sustained phase writes up to a
+gigabyte to the stack, and a stack that keeps every run fills the disk.
 """
 
 from __future__ import annotations
