@@ -176,6 +176,22 @@ async def supervised(
             delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
 
 
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended: its chain of awaits, outermost first (`function:line`), down
+    to the innermost coroutine — what a task that will not stop is stuck in."""
+    chain: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(chain) < 50:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if code is None:  # a future or another awaitable: the end of the chain
+            chain.append(type(awaited).__name__)
+            break
+        chain.append(f"{code.co_qualname}:{frame.f_lineno if frame else '?'}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return " > ".join(chain) or "nothing"
+
+
 async def until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, deadline_s: float) -> None:
     """Run until stop (or a task fails); then give the tasks `deadline_s` to finish."""
     stop_waiter = asyncio.create_task(stop.wait())
@@ -184,9 +200,10 @@ async def until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, de
     finished, unfinished = await asyncio.wait(tasks, timeout=deadline_s)
     for task in unfinished:
         log.error(
-            "%s did not stop within %.0fs: abandoning its batch (it will be redelivered)",
+            "%s did not stop within %.0fs: abandoning its batch (it will be redelivered); it was awaiting %s",
             task.get_name(),
             deadline_s,
+            awaiting(task),
         )
         task.cancel()
     stop_waiter.cancel()

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from consumers.errors import TransientError
-from sagaline.runtime import run_service, supervised
+from sagaline.runtime import awaiting, run_service, supervised
 
 
 async def test_transient_failures_restart_the_loop_until_it_finishes() -> None:
@@ -68,3 +68,24 @@ def test_a_service_starts_with_its_start_up_heap_frozen_out_of_collections() -> 
         assert run_service(frozen(), "asyncio") > 1000  # modules, schemas, validators
     finally:
         gc.unfreeze()  # the test process goes on collecting as before
+
+
+async def test_a_task_that_will_not_stop_is_reported_with_where_it_waits() -> None:
+    never = asyncio.Event()
+
+    async def commit_offsets() -> None:
+        await never.wait()
+
+    async def handle_batch() -> None:
+        await commit_offsets()
+
+    task = asyncio.create_task(handle_batch())
+    await asyncio.sleep(0)
+    where = awaiting(task)
+    task.cancel()
+    assert where.startswith(
+        "test_a_task_that_will_not_stop_is_reported_with_where_it_waits.<locals>.handle_batch:"
+    )
+    assert "<locals>.commit_offsets:" in where
+    assert "Event.wait:" in where
+    assert "Future" in where.split(" > ")[-1]  # what Event.wait waits on
