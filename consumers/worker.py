@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 1.0
 POSITION_TIMEOUT_S = 0.2  # how long the once-a-second check waits for a partition's position
+# aiokafka retries a commit for as long as the coordinator is unknown or answers with a
+# retriable error, and its coordinator lookup gives up only when the consumer closes: a
+# commit still unanswered after this long is stuck, not slow (its request times out in 40 s)
+COMMIT_TIMEOUT_S = 60.0
+REVOKE_COMMIT_TIMEOUT_S = 10.0  # ... and before partitions go (the consumer may be closing)
+CLOSE_TIMEOUT_S = 30.0  # a consumer that has not closed by then is left behind
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,10 @@ class Worker:
             self.running = False
             for handle in self._resume_at.values():
                 handle.cancel()
-            await consumer.stop()
+            try:
+                await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)
+            except TimeoutError:  # the group expels it after the session timeout
+                log.error("%s: the consumer did not close in %.0fs; left behind", self.group, CLOSE_TIMEOUT_S)
             self._consumer = None
 
     def _linger(self, consumer: AIOKafkaConsumer) -> Linger | None:
@@ -213,18 +222,27 @@ class Worker:
         if failed:
             await asyncio.sleep(self.options.failure_backoff_s)  # an outage: do not spin
 
-    async def _commit_applied(self, consumer: AIOKafkaConsumer) -> None:
+    async def _commit_applied(self, consumer: AIOKafkaConsumer, timeout_s: float | None = None) -> None:
         """Commit the offsets of everything applied since the last commit (callers hold the
-        batch lock, or are the rebalance listener that waits for it)."""
+        batch lock, or are the rebalance listener that waits for it). A commit that does not
+        return within `timeout_s` (default `COMMIT_TIMEOUT_S`) is stuck: `ConsumerStalled` (the
+        loop restarts with a new consumer; what was not committed is delivered again and
+        dropped by the inbox)."""
+        timeout_s = COMMIT_TIMEOUT_S if timeout_s is None else timeout_s
         self._committed_at = time.monotonic()
         if not self._applied:
             return
         applied, self._applied = self._applied, {}
         try:
-            await consumer.commit(applied)
-        except BaseException:
+            await asyncio.wait_for(consumer.commit(applied), timeout_s)
+        except BaseException as exc:
             for tp, offset in applied.items():  # still to commit, unless a later unit moved on
                 self._applied.setdefault(tp, offset)
+            if isinstance(exc, TimeoutError):
+                raise ConsumerStalled(
+                    f"{self.group}: an offset commit did not return in {timeout_s:.0f}s;"
+                    " restarting the consumer"
+                ) from exc
             raise
 
     async def _process(self, records: list[Any]) -> None:
@@ -405,7 +423,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             consumer = self.worker._consumer
             try:
                 if consumer is not None:
-                    await self.worker._commit_applied(consumer)
+                    await self.worker._commit_applied(consumer, REVOKE_COMMIT_TIMEOUT_S)
             except Exception as exc:  # the next owner gets them again; the inbox drops them
                 log.warning("%s: offsets not committed before a rebalance: %r", self.worker.group, exc)
             for tp in revoked:

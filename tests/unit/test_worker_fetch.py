@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from prometheus_client import CollectorRegistry
 
+from consumers import worker as worker_module
 from consumers.errors import classify
 from consumers.lanes import Lanes
 from consumers.linger import ENTER_EXPECTED, LEAVE_EXPECTED, WINDOW_S, FetchWait, Linger
 from consumers.metrics import ConsumerMetrics
-from consumers.worker import ConsumerStalled, Worker, WorkerOptions, _can_set_fetch_wait, _set_fetch_wait
+from consumers.worker import (
+    ConsumerStalled,
+    Worker,
+    WorkerOptions,
+    _can_set_fetch_wait,
+    _Rebalance,
+    _set_fetch_wait,
+)
 
 IDLE = FetchWait(min_bytes=1, max_wait_ms=500)
 
@@ -180,3 +188,43 @@ async def test_a_position_that_comes_back_resets_the_clock() -> None:
     await asyncio.sleep(0.3)
     with pytest.raises(ConsumerStalled):
         await _check(worker, consumer)
+
+
+class _StuckCommits:
+    """A consumer whose offset commits never return (aiokafka retrying a dead coordinator)."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+        await asyncio.Event().wait()
+
+
+async def test_a_commit_that_never_returns_ends_the_loop_as_transient_and_keeps_the_offsets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_module, "COMMIT_TIMEOUT_S", 0.2)
+    worker = _worker(60, CollectorRegistry())
+    tp = TopicPartition("t", 0)
+    worker._applied = {tp: 8}
+    consumer: Any = _StuckCommits()
+    with pytest.raises(ConsumerStalled, match="an offset commit did not return") as raised:
+        await worker._commit_applied(consumer)
+    assert classify(raised.value) == "transient"  # a new consumer; the inbox drops what comes again
+    assert consumer.commits == [{tp: 8}]
+    assert worker._applied == {tp: 8}  # still to commit
+
+
+async def test_partitions_go_after_a_bounded_wait_for_a_commit_that_never_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rebalance listener runs inside aiokafka's coordination task, which closing the
+    consumer waits for: a commit stuck there would hold the consumer open for ever."""
+    monkeypatch.setattr(worker_module, "REVOKE_COMMIT_TIMEOUT_S", 0.2)
+    worker = _worker(60, CollectorRegistry())
+    tp = TopicPartition("t", 0)
+    worker._applied = {tp: 8}
+    worker._consumer = cast(Any, _StuckCommits())
+    await asyncio.wait_for(_Rebalance(worker).on_partitions_revoked([tp]), 5)
+    assert worker._applied == {}  # revoked: the next owner starts from the last commit
