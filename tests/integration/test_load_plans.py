@@ -1,6 +1,7 @@
-"""A participant's load reads the rows its batch names through their indexes, however large
-the tables grow: a batch costs the same against a thousand accounts or a million. (An OR of
-the batch's keys and a subquery once made every payment batch scan every account.)
+"""A participant's load (order, payment, inventory) reads the rows its batch names through
+their indexes, however large the tables grow: a batch costs the same against a thousand
+accounts or a million. (An OR of the batch's keys and a subquery once made every payment
+batch scan every account.)
 
 The loads run for real against a real PostgreSQL with large, analysed tables; each statement
 they send is explained instead of executed, and its plan may not scan the table whole."""
@@ -15,8 +16,10 @@ import asyncpg
 import pytest
 
 from producers.db import qualified
-from sagas import inventory, payment, seed
+from sagas import inventory, order, payment, seed
 from sagas.config import SagaConfig
+from schemas.messages import CancelOrder
+from tests.saga_support import order as place_order
 
 pytestmark = [pytest.mark.postgres]
 
@@ -56,11 +59,17 @@ async def large(postgres_dsn: str, unique: str) -> AsyncIterator[tuple[asyncpg.C
     conn = await asyncpg.connect(postgres_dsn)
     try:
         await seed.migrate_all(conn, config)
+        orders = qualified(config.schema("order"), "orders")
+        early = qualified(config.schema("order"), "early_cancellations")
         accounts = qualified(config.schema("payment"), "accounts")
         payments = qualified(config.schema("payment"), "payments")
         stock = qualified(config.schema("inventory"), "stock")
         reservations = qualified(config.schema("inventory"), "reservations")
         for sql in (
+            f"INSERT INTO {orders} (order_id, idempotency_key, request_hash, customer_id, currency,"
+            " total_minor, items, status)"
+            " SELECT 'o' || i, 'k' || i, 'h', 'c' || i, 'EUR', 10, '[]', 'CONFIRMED'",
+            f"INSERT INTO {early} (order_id, reason) SELECT 'e' || i, 'customer request'",
             f"INSERT INTO {accounts} (customer_id, currency, balance_minor) SELECT 'c' || i, 'EUR', 1000",
             f"INSERT INTO {payments} (payment_id, order_id, status, customer_id, currency, amount_minor,"
             " charged_minor, refunded_minor)"
@@ -70,7 +79,7 @@ async def large(postgres_dsn: str, unique: str) -> AsyncIterator[tuple[asyncpg.C
             " jsonb_build_array(jsonb_build_object('sku', 'sku' || i, 'quantity', 1))",
         ):
             await conn.execute(f"{sql} FROM generate_series(1, $1) AS i", ROWS)
-        for table in (accounts, payments, stock, reservations):
+        for table in (orders, early, accounts, payments, stock, reservations):
             await conn.execute(f"ANALYZE {table}")
         yield conn, config
     finally:
@@ -107,3 +116,17 @@ async def test_an_inventory_batch_reads_stock_and_reservations_by_index(
     assert not scanned_whole(explaining.plans[0]) & {"stock", "reservations"}, json.dumps(
         explaining.plans[0], indent=1
     )
+
+
+async def test_an_order_batch_reads_orders_and_early_cancellations_by_index(
+    large: tuple[asyncpg.Connection[Any], SagaConfig],
+) -> None:
+    conn, config = large
+    explaining = Explaining(conn)
+    requests = [place_order(f"n{i}") for i in range(100)]
+    cancels = [CancelOrder(order_id=f"o{i}", idempotency_key=f"cancel-o{i}") for i in range(1, 101)]
+    await order._load(cast(Any, explaining), config.schema("order"), [*requests, *cancels])
+    await order._load(cast(Any, explaining), config.schema("order"), list(cancels))
+    assert len(explaining.plans) == 2  # with requests: the early cancellations in the same statement
+    for plan in explaining.plans:
+        assert not scanned_whole(plan) & {"orders", "early_cancellations"}, json.dumps(plan, indent=1)
