@@ -174,7 +174,8 @@ class Worker:
             for handle in self._resume_at.values():
                 handle.cancel()
             try:
-                await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await consumer.stop()
             except TimeoutError:  # the group expels it after the session timeout
                 log.error("%s: the consumer did not close in %.0fs; left behind", self.group, CLOSE_TIMEOUT_S)
             self._consumer = None
@@ -234,7 +235,8 @@ class Worker:
             return
         applied, self._applied = self._applied, {}
         try:
-            await asyncio.wait_for(consumer.commit(applied), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task of its own: this is every unit's path
+                await consumer.commit(applied)
         except BaseException as exc:
             for tp, offset in applied.items():  # still to commit, unless a later unit moved on
                 self._applied.setdefault(tp, offset)
