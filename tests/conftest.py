@@ -27,12 +27,14 @@ import pytest
 from producers.connection import KafkaConnection
 from sagaline.localstack.stack import LocalStack
 from tests import containers
+from tests.support import STACK_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_STATE = ROOT / ".sagaline"
 
 
-def _local_stack(name: str, kafka_port: int, postgres_port: int) -> LocalStack:
+def _local_stack(name: str) -> LocalStack:
+    kafka_port, postgres_port = STACK_PORTS[name]
     return LocalStack(
         state_dir=TEST_STATE / name,
         cache_dir=Path(os.environ.get("SAGALINE_CACHE_DIR", Path.home() / ".cache" / "sagaline")),
@@ -74,7 +76,7 @@ class _Backends:
                 self._stop.append(pg_container)
             return
         self.mode = "local stack"
-        stack = _local_stack("test-stack", kafka_port=29092, postgres_port=25432)
+        stack = _local_stack("test-stack")
         was_ready = asyncio.run(stack.status()).ready
         if not was_ready:
             _wipe(stack)
@@ -125,7 +127,7 @@ def kafka_cluster3() -> Iterator[KafkaConnection]:
     bootstrap = os.environ.get("SAGALINE_TEST_KAFKA3_BOOTSTRAP")
     stack = None
     if not bootstrap:
-        stack = _local_stack("test-stack-3", kafka_port=39092, postgres_port=35432)
+        stack = _local_stack("test-stack-3")
         was_ready = asyncio.run(stack.status()).components[0].ready
         if not was_ready:
             _wipe(stack)
@@ -146,8 +148,7 @@ def secure_stack() -> Iterator[LocalStack]:
     the mode is what is under test."""
     from sagaline.kafkaacls import PRINCIPALS
 
-    # below the ephemeral range (32768-60999): a client's outgoing socket cannot hold them
-    stack = _local_stack("test-stack-secure", kafka_port=26092, postgres_port=26432)
+    stack = _local_stack("test-stack-secure")
     was_ready = asyncio.run(stack.status()).ready
     if not was_ready:
         _wipe(stack)

@@ -20,6 +20,19 @@ from schemas.envelope import Envelope
 from schemas.messages import Message
 from schemas.topics import TopicMap
 
+# The local stacks the tests start, as (Kafka base port, PostgreSQL port); a Kafka node i listens
+# on base + 2i and base + 2i + 1. All below Linux's ephemeral range (32768-60999 by default): a
+# port in it can be held by any client's outgoing socket at the moment a server binds it, which
+# failed a CI run ("could not create listen socket for 127.0.0.1").
+STACK_PORTS: dict[str, tuple[int, int]] = {
+    "test-stack": (29092, 25432),
+    "test-stack-3": (23092, 23432),  # three Kafka nodes: 23092-23097
+    "test-stack-secure": (26092, 26432),  # and mutual TLS on 27092; its demo's metrics 26500-26504
+    "cli": (21092, 21432),  # test_dev_cli's own `sagaline dev up`
+}
+STACK_BROKERS = {"test-stack-3": 3}
+SECURE_METRICS_PORTS = range(26500, 26505)
+
 
 async def create_topic_map(kafka: KafkaConnection, prefix: str, partitions: int = 3) -> TopicMap:
     topics = TopicMap(prefix=prefix, partitions=partitions, replication=1)

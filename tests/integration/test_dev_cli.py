@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sagaline.localstack import process
+from tests.support import STACK_PORTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +34,8 @@ def test_up_is_idempotent_status_reports_versions_and_down_leaves_nothing(unique
     env = {
         **os.environ,
         "SAGALINE_STATE_DIR": str(state),
-        "SAGALINE_LOCAL_KAFKA_PORT": "49092",
-        "SAGALINE_LOCAL_POSTGRES_PORT": "45432",
+        "SAGALINE_LOCAL_KAFKA_PORT": str(STACK_PORTS["cli"][0]),
+        "SAGALINE_LOCAL_POSTGRES_PORT": str(STACK_PORTS["cli"][1]),
         "SAGALINE_LOCAL_KAFKA_HEAP": "512m",
     }
     try:

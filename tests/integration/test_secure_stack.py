@@ -28,6 +28,7 @@ from sagaline import kafkaacls
 from sagaline.localstack.stack import LocalStack
 from sagas.config import SagaConfig
 from schemas.topics import TopicMap
+from tests.support import SECURE_METRICS_PORTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -196,7 +197,7 @@ def test_the_saga_runs_with_every_process_as_its_own_user(secure_stack: LocalSta
         SAGALINE_SAGA_PREFIX=f"s{unique}_",
         SAGALINE_TOPIC_PREFIX=f"sec{unique}.",
         SAGALINE_TOPIC_REPLICATION="1",
-        SAGALINE_METRICS_PORT="26500",  # below the ephemeral port range: no client holds it
+        SAGALINE_METRICS_PORT=str(SECURE_METRICS_PORTS.start),
     )
     result = subprocess.run(
         [sys.executable, "-m", "sagaline", "demo", "--orders", "200", "--json"],

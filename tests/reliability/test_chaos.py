@@ -31,7 +31,7 @@ from tests.reliability.chaos.harness import Chaos, nemesis
 from tests.reliability.chaos.workload import PlannedOrder, Workload, plan
 from tests.reliability.conftest import ROOT
 from tests.saga_support import SagaPlatform
-from tests.support import wait_until
+from tests.support import STACK_PORTS, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(600)]
 
@@ -454,8 +454,8 @@ def _cluster3_stack() -> LocalStack:
     return LocalStack(
         state_dir=ROOT / ".sagaline" / "test-stack-3",
         cache_dir=Path(os.environ.get("SAGALINE_CACHE_DIR", Path.home() / ".cache" / "sagaline")),
-        kafka_port=39092,
-        postgres_port=35432,
+        kafka_port=STACK_PORTS["test-stack-3"][0],
+        postgres_port=STACK_PORTS["test-stack-3"][1],
         kafka_heap="768m",
     )
 
