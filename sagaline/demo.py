@@ -17,9 +17,16 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import (
+    DescribeGroupsRequest_v0,
+    DescribeGroupsRequest_v1,
+    DescribeGroupsRequest_v2,
+)
+from aiokafka.protocol.api import Request
 
 from producers.connection import KafkaConnection
 from producers.db import DbConnection, qualified
@@ -47,6 +54,47 @@ class DemoOptions:
 
 
 SERVICES = ("order", "payment", "inventory")  # the saga's participants: whose outbox feeds whose inbox
+
+
+_UpToV2: TypeAlias = DescribeGroupsRequest_v0 | DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2
+
+
+class _DescribeGroups(Request[_UpToV2]):  # type: ignore[misc]  # aiokafka's Request is Any to mypy
+    """DescribeGroups up to v2. aiokafka 0.14 reads a v3 response with the v2 schema (its
+    `DescribeGroupsRequest_v3.RESPONSE_TYPE`), which fails on a broker that answers v3 (Kafka
+    3.9: "Buffer underrun decoding string"), so `describe_consumer_groups` cannot be used."""
+
+    API_KEY = 15
+
+    def __init__(self, groups: list[str]) -> None:
+        self.groups = groups
+
+    def build(self, request_struct_class: type[_UpToV2]) -> _UpToV2:
+        return request_struct_class(self.groups)
+
+
+async def absent_services(kafka: KafkaConnection, config: SagaConfig, wait_s: float = 10.0) -> list[str]:
+    """The participants whose consumer group has no member (no process of that service is
+    running for this deployment), after waiting up to `wait_s` for them to join: a platform
+    started a moment ago may still be joining. `kafka` must be allowed to describe groups."""
+    groups = {service: config.group(service) for service in SERVICES}
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            members: dict[str, int] = {}
+            for group_id in groups.values():
+                coordinator = await admin.find_coordinator(group_id)
+                response = await admin._send_request(_DescribeGroups([group_id]), coordinator)
+                for group in response.to_object()["groups"]:
+                    members[group["group"]] = len(group["members"])
+            absent = [service for service, group in groups.items() if not members.get(group)]
+            if not absent or time.monotonic() >= deadline:
+                return absent
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
 
 
 @dataclass

@@ -9,12 +9,26 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sagaline.bootstrap import create_pool, endpoints, prepare_kafka, saga_config
+from sagaline import kafkaacls
+from sagaline.bootstrap import Endpoints, create_pool, endpoints, prepare_kafka, saga_config
 from sagaline.console import emit_json, err, out
-from sagaline.demo import DemoOptions, DemoResult, hops_line, measure_hops, run_demo
+from sagaline.demo import DemoOptions, DemoResult, absent_services, hops_line, measure_hops, run_demo
 from sagaline.platform import Platform
 from sagaline.runtime import configure_logging
 from sagaline.settings import Settings
+from sagas.config import SagaConfig
+
+
+async def _require_running(ends: Endpoints, config: SagaConfig) -> None:
+    """`--platform attach` with nothing to attach to would publish every order and wait out
+    the timeout: refuse at once instead, naming the services that are not running."""
+    absent = await absent_services(ends.kafka_as(kafkaacls.ADMIN), config)
+    if absent:
+        raise typer.BadParameter(
+            f"nothing to attach to: no {', '.join(absent)} service is running for this deployment"
+            " (start them with `sagaline up`, or use --platform start)",
+            param_hint="--platform",
+        )
 
 
 class PlatformMode(StrEnum):
@@ -78,7 +92,11 @@ async def _run(settings: Settings, options: DemoOptions, mode: PlatformMode, qui
         out.status("starting Kafka and PostgreSQL if needed, creating topics...") if not quiet else _nothing()
     ):
         ends = await endpoints(settings, start_local=True)
-        await prepare_kafka(ends, config)
+        prepared = await prepare_kafka(ends, config)
+    # only the admin may describe groups: without its password (least privilege, the admin
+    # steps done elsewhere) a missing platform is left to the timeout
+    if mode is PlatformMode.attach and prepared is not None:
+        await _require_running(ends, config)
     platform = None
     if mode is PlatformMode.start:
         platform = Platform(ends, settings.state_dir / "logs", settings.metrics_port)

@@ -4,11 +4,16 @@ result says where the latency went, hop by hop."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from producers.connection import KafkaConnection
 from producers.db import qualified
-from sagaline.demo import DemoOptions, measure_hops, percentiles, run_demo
+from sagaline.demo import DemoOptions, absent_services, measure_hops, percentiles, run_demo
 from tests.saga_support import SagaPlatform
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -72,3 +77,43 @@ async def test_a_cancelled_sagas_latency_runs_from_its_cancellation(
         assert result.latency_ms != percentiles(from_place)
     finally:
         await saga.close()
+
+
+async def test_attach_names_the_participants_that_are_not_running(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str
+) -> None:
+    """`absent_services` reads the deployment's consumer groups on the broker: a group with no
+    member is a service that is not running."""
+    saga = SagaPlatform(kafka, postgres_dsn, unique)
+    await saga.setup([], [])
+    try:
+        assert await absent_services(kafka, saga.config, wait_s=0) == ["order", "payment", "inventory"]
+        await saga.start("order", "inventory")
+        assert await absent_services(kafka, saga.config, wait_s=30) == ["payment"]
+    finally:
+        await saga.close()
+
+
+def test_demo_attach_with_nothing_running_refuses_at_once(
+    kafka_bootstrap: str, postgres_dsn: str, unique: str, tmp_path: Path
+) -> None:
+    """Without the check, `demo --platform attach` published its orders, waited out its
+    timeout (300 s) and printed a result with every saga open (exit 1); now it places none and
+    says why in one line, as a bad argument does (exit 2)."""
+    env = {
+        **os.environ,
+        "SAGALINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SAGALINE_POSTGRES_DSN": postgres_dsn,
+        "SAGALINE_SAGA_PREFIX": f"a{unique}_",
+        "SAGALINE_TOPIC_PREFIX": f"at{unique}.",
+        "SAGALINE_TOPIC_REPLICATION": "1",
+        "SAGALINE_STATE_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sagaline", "demo", "--orders", "5", "--platform", "attach", "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""  # no orders placed, no result
+    [line] = result.stderr.strip().splitlines()
+    assert "nothing to attach to: no order, payment, inventory service is running" in line
