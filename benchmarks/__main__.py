@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import codec, consumer, relay, saga
+from benchmarks import codec, consumer, ids, relay, saga
 
-BENCHMARKS = {"codec": codec.run, "relay": relay.run, "consumer": consumer.run, "saga": saga.run}
+BENCHMARKS = {
+    "codec": codec.run,
+    "relay": relay.run,
+    "consumer": consumer.run,
+    "ids": ids.run,
+    "saga": saga.run,
+}
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ the record value is the JSON data and the record key is the order id; see `codec
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -26,7 +28,20 @@ _REQUEST_ID_NAMESPACE = uuid.UUID("6f0f3c1e-3b0a-4d5e-9a57-5a6167616c69")
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7 (RFC 9562): 48 bits of Unix time in milliseconds, then 74 random bits. Ids
+    that are ordered by time land at the right edge of the btree indexes that hold them
+    (every group's inbox, the outbox, the tracker's timeline) instead of on a random page of
+    each: an insert dirties the pages its neighbours just dirtied, so fewer pages are written
+    and fewer full-page images follow each checkpoint."""
+    random = int.from_bytes(os.urandom(10))
+    value = (
+        (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version
+        | (random >> 62 & 0xFFF) << 64  # rand_a
+        | 0b10 << 62  # variant
+        | random & 0x3FFF_FFFF_FFFF_FFFF  # rand_b
+    )
+    return str(uuid.UUID(int=value))
 
 
 def request_event_id(command: Command) -> str:
