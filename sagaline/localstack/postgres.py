@@ -141,18 +141,30 @@ def init(server: PostgresServer) -> bool:
 
 
 _SECURE_CONF = "sagaline-secure.conf"
+_WORKLOAD_CONF = "sagaline-workload.conf"
 _HBA_MARK = "# sagaline secure mode: TCP only over TLS"
+
+# For sagaline's write-heavy load (docs/operations.md, "PostgreSQL settings"); fsync,
+# synchronous_commit and full_page_writes stay on. Checkpoints far apart: after each one the
+# first change to every page writes the whole page to the WAL, and at the default 1 GB a
+# saturated stack checkpointed every ~23 s. Those page images compressed (lz4).
+WORKLOAD_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "15min", "wal_compression": "lz4"}
 
 
 def apply_mode(server: PostgresServer, tls: tuple[Path, Path] | None) -> None:
     """The secure mode's settings (`tls`: the server's certificate and key) or the plain
     mode's: TLS on and every TCP connection without it rejected (passwords are SCRAM in
-    both), in files PostgreSQL reads at start and on reload. A running server is reloaded."""
+    both), in files PostgreSQL reads at start and on reload, with `WORKLOAD_SETTINGS` (so a
+    stack made before a change of them gets it too). A running server is reloaded."""
     conf = server.data_dir / "postgresql.conf"
-    include = f"include_if_exists = '{_SECURE_CONF}'\n"
-    if include not in conf.read_text():
-        with conf.open("a") as handle:
-            handle.write(include)
+    for name in (_WORKLOAD_CONF, _SECURE_CONF):
+        include = f"include_if_exists = '{name}'\n"
+        if include not in conf.read_text():
+            with conf.open("a") as handle:
+                handle.write(include)
+    workload_conf = server.data_dir / _WORKLOAD_CONF
+    workload_conf.write_text("".join(f"{name} = '{value}'\n" for name, value in WORKLOAD_SETTINGS.items()))
+    _chown_to_server_user(workload_conf)
     secure_conf = server.data_dir / _SECURE_CONF
     hba = server.data_dir / "pg_hba.conf"
     rules = [line for line in hba.read_text().splitlines(keepends=True) if _HBA_MARK not in line]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -9,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from sagaline.localstack import process
+from sagaline.localstack import postgres, process
 from tests.support import STACK_PORTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -49,6 +51,9 @@ def test_up_is_idempotent_status_reports_versions_and_down_leaves_nothing(unique
         assert components["kafka"]["version"] == "3.9.2"
         assert components["kafka"]["detail"].startswith("KRaft, 1/1")
         assert components["postgresql"]["ready"] is True
+        durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+        expected = {**postgres.WORKLOAD_SETTINGS, **durable}
+        assert asyncio.run(_settings(STACK_PORTS["cli"][1], list(expected))) == expected
 
         again = _cli(env, "dev", "up", "--json")
         assert again.returncode == 0, again.stderr
@@ -66,6 +71,16 @@ def test_up_is_idempotent_status_reports_versions_and_down_leaves_nothing(unique
     finally:
         _cli(env, "dev", "down")
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def _settings(port: int, names: list[str]) -> dict[str, str]:
+    conn = await asyncpg.connect(
+        f"postgresql://{postgres.USER}:{postgres.PASSWORD}@127.0.0.1:{port}/{postgres.DATABASE}"
+    )
+    try:
+        return {name: await conn.fetchval("SELECT current_setting($1)", name) for name in names}
+    finally:
+        await conn.close()
 
 
 def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:

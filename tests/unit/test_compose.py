@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from sagaline.localstack import postgres
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 LOCAL = ROOT / "tools" / "containers" / "compose.local.yaml"
@@ -27,6 +29,16 @@ def test_the_platform_services_are_there() -> None:
     assert {"kafka", "postgres", "prometheus", "grafana", "jaeger"} <= set(_services())
     for worker in ("order", "payment", "inventory", "tracker"):
         assert _services()[worker]["command"][:3] == ["sagaline", "worker", worker]
+
+
+def test_postgres_runs_with_the_local_stacks_workload_settings_in_both_modes() -> None:
+    """One set of settings, wherever PostgreSQL runs (sagaline.localstack.postgres)."""
+    expected = [f"{name}={value}" for name, value in postgres.WORKLOAD_SETTINGS.items()]
+    for path in (COMPOSE, SECURE):
+        command = _services(path)["postgres"]["command"]
+        assert command[0] == "postgres"
+        settings = [value for flag, value in zip(command[1::2], command[2::2], strict=True) if flag == "-c"]
+        assert [s for s in settings if s.split("=")[0] in postgres.WORKLOAD_SETTINGS] == expected, path
 
 
 def test_kafka_is_the_official_image_pinned_to_3_9_and_runs_kraft() -> None:
