@@ -1,20 +1,65 @@
 """The inbox: which events a consumer group has applied, recorded in the same transaction
 as their effects. Primary key (consumer group, event id): a redelivered event finds its row
-and is skipped, so an effect is applied once however often Kafka delivers it."""
+and is skipped, so an effect is applied once however often Kafka delivers it.
+
+The unit of work claims through the `Inbox` protocol. `TableInbox` is the inbox table every
+participant has; a service whose own state already records each event id once (the
+tracker's timeline) can claim there instead and write one row per event, not two.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 
+from consumers.handlers import lock_keys_sql
 from producers import migrate
 from producers.db import DbConnection, qualified
+from schemas.envelope import Envelope
+from schemas.messages import Message
 
 log = logging.getLogger(__name__)
+
+# an event to claim, and the topic it was first published to (not a retry lane's)
+Delivered = tuple[Envelope[Message], str]
+
+
+class Inbox(Protocol):
+    """Where a consumer group records the events it applied."""
+
+    async def claim(
+        self, conn: DbConnection, events: Sequence[Delivered], *, lock: Collection[str] = ()
+    ) -> set[str]:
+        """Record `events` as applied, in one statement of the open transaction; returns the
+        ids claimed now (the others were applied before). `lock`: keys whose advisory locks
+        (`consumers.handlers.lock_keys_sql`, scoped by the schema) the same statement takes
+        before it claims the first row."""
+        ...
+
+
+class TableInbox:
+    """The group's rows in the schema's inbox table (`ddl`), pruned after the retention."""
+
+    def __init__(self, schema: str, group: str) -> None:
+        self.schema = schema
+        self.group = group
+
+    async def claim(
+        self, conn: DbConnection, events: Sequence[Delivered], *, lock: Collection[str] = ()
+    ) -> set[str]:
+        return await claim_many(
+            conn,
+            self.schema,
+            self.group,
+            [(envelope.id, envelope.type, topic) for envelope, topic in events],
+            after=lock_keys_sql("$5::text", "$6") if lock else None,
+            args=(self.schema, sorted(set(lock))) if lock else (),
+        )
 
 
 def ddl(schema: str) -> str:
@@ -35,21 +80,6 @@ def ddl(schema: str) -> str:
 async def install(conn: DbConnection, schema: str) -> None:
     """Create the inbox table (idempotent, safe when replicas start at once)."""
     await migrate.install(conn, schema, ddl(schema))
-
-
-async def claim(
-    conn: DbConnection, schema: str, group: str, event_id: str, message_type: str, topic: str
-) -> bool:
-    """Record the event as applied by `group`; False if it already was (a duplicate)."""
-    status = await conn.execute(
-        f"INSERT INTO {qualified(schema, 'inbox')} (consumer_group, event_id, message_type, source_topic)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        group,
-        event_id,
-        message_type,
-        topic,
-    )
-    return status == "INSERT 0 1"
 
 
 async def claim_many(

@@ -12,6 +12,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from consumers.handlers import Handlers
+from consumers.inbox import Inbox
 from consumers.lanes import DEFAULT_DELAYS_S
 from consumers.unit_of_work import RetryBudget
 from producers.db import DbConnection
@@ -45,5 +46,9 @@ class WorkerSpec:
     fetch waits for records to pile up (up to 256 KiB), so it applies few large units of work
     instead of one per record, whatever the load. 0: the adaptive linger of the settings
     (SAGALINE_WORKER_LINGER_MS) instead."""
+    inbox: Inbox | None = None
+    """Where the group claims the events it applies: None for the schema's inbox table
+    (created, and pruned after SAGALINE_INBOX_RETENTION_S, by the bootstrap); a service whose
+    own state keeps one row per event id claims there instead (the tracker's timeline)."""
     background: tuple[BackgroundTask, ...] = ()
     """Extra loops run beside the worker until stop (e.g. the order service's deadlines)."""

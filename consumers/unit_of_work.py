@@ -38,9 +38,9 @@ import asyncpg
 from opentelemetry.trace import Span
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from consumers import inbox
 from consumers.errors import classify
-from consumers.handlers import HandlerContext, Handlers, lock_keys, lock_keys_sql
+from consumers.handlers import HandlerContext, Handlers, lock_keys
+from consumers.inbox import Inbox, TableInbox
 from consumers.lanes import Failure, Lanes, Origin, origin_of
 from consumers.logcontext import about_message
 from consumers.tracing import Delivery, process_span, process_spans
@@ -103,13 +103,15 @@ class UnitOfWork:
         transaction_per_message: bool = False,
         lanes: Lanes | None = None,
         dispatch: outbox.Dispatch | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         """`transaction_per_message` trades throughput for short lock holds: services whose
         messages contend for hot rows (accounts, stock) commit each message on its own, so
         no transaction holds the locks of several messages and waits on another's. `lanes`
         (default: the group's with the default delays) says which topics are retry lanes.
         `dispatch`: the relay of this process, which then sends what a unit staged right
-        after its commit where per-key order allows (producers.outbox.stage_many)."""
+        after its commit where per-key order allows (producers.outbox.stage_many). `inbox`:
+        where the group's applied events are claimed (default: the schema's inbox table)."""
         self.pool = pool
         self.lanes = lanes or Lanes(group)
         self.transaction_per_message = transaction_per_message
@@ -120,6 +122,7 @@ class UnitOfWork:
         self.topics = topics
         self.budget = budget or RetryBudget()
         self.dispatch = dispatch
+        self.inbox = inbox or TableInbox(schema, group)
 
     def _backoff(self) -> wait_exponential_jitter:
         b = self.budget
@@ -191,13 +194,8 @@ class UnitOfWork:
         try:
             async with conn.transaction():
                 # the batch's key locks (`_lock_keys`), then its inbox rows: one round trip
-                claimed = await inbox.claim_many(
-                    conn,
-                    self.schema,
-                    self.group,
-                    [(o.envelope.id, o.envelope.type, o.origin.topic) for o in todo if o.envelope],
-                    after=lock_keys_sql("$5::text", "$6"),
-                    args=(self.schema, sorted(_subjects(todo))),
+                claimed = await self.inbox.claim(
+                    conn, [(o.envelope, o.origin.topic) for o in todo if o.envelope], lock=_subjects(todo)
                 )
                 fresh: list[Outcome] = []
                 for outcome in todo:
@@ -229,15 +227,7 @@ class UnitOfWork:
             ):
                 with attempt:
                     async with conn.transaction():  # a savepoint inside the batch transaction
-                        claimed = await inbox.claim(
-                            conn,
-                            self.schema,
-                            self.group,
-                            envelope.id,
-                            envelope.type,
-                            outcome.origin.topic,
-                        )
-                        if not claimed:
+                        if not await self.inbox.claim(conn, [(envelope, outcome.origin.topic)]):
                             outcome.kind, outcome.emitted = "duplicate", []
                             return
                         await self._run(conn, [outcome], held=held)

@@ -29,6 +29,7 @@ from producers import migrate, outbox
 from producers.db import DbConnection
 from sagas.config import SERVICES, SagaConfig
 from sagas.seed import migrate_all
+from sagas.services import SPECS
 
 OWNERS = (*SERVICES, "dlq")
 READER = "reader"
@@ -71,7 +72,8 @@ async def ensure_roles(conn: DbConnection, config: SagaConfig, passwords: dict[s
         await migrate.ensure_schema(conn, schema)
         if who != "dlq":
             await outbox.install(conn, schema)
-            await inbox.install(conn, schema)
+            if SPECS[who](config).inbox is None:  # the tracker claims in its timeline
+                await inbox.install(conn, schema)
     await migrate_all(conn, config)
     await store.install(conn, config.schema("dlq"))
     database = await conn.fetchval("SELECT current_database()")

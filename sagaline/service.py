@@ -54,7 +54,8 @@ async def serve(
     try:
         async with pool.acquire() as conn:
             await outbox.install(conn, spec.schema)
-            await inbox.install(conn, spec.schema)
+            if spec.inbox is None:
+                await inbox.install(conn, spec.schema)
             if spec.migrate:
                 await spec.migrate(conn)
         lanes = Lanes(spec.group, spec.delays_s, spec.topics.prefix)
@@ -74,6 +75,7 @@ async def serve(
             transaction_per_message=spec.transaction_per_message,
             lanes=lanes,
             dispatch=relay if settings.outbox_dispatch else None,
+            inbox=spec.inbox,
         )
         async with publisher:
             worker = Worker(
@@ -116,14 +118,15 @@ async def serve(
             }
             if relay is not None:
                 loops[f"{spec.name}-relay"] = partial(relay.run, stop)
-            loops[f"{spec.name}-inbox-prune"] = partial(
-                inbox.prune_loop,
-                pool,
-                spec.schema,
-                settings.inbox_retention_s,
-                settings.prune_interval_s,
-                stop,
-            )
+            if spec.inbox is None:
+                loops[f"{spec.name}-inbox-prune"] = partial(
+                    inbox.prune_loop,
+                    pool,
+                    spec.schema,
+                    settings.inbox_retention_s,
+                    settings.prune_interval_s,
+                    stop,
+                )
             for number, background in enumerate(spec.background):
                 loops[f"{spec.name}-background-{number}"] = partial(background, pool, stop, registry)
             tasks = [

@@ -25,10 +25,10 @@ class SagaConfig:
     deadline_scan_interval_s: float = 0.5
     retry_delays_s: tuple[float, ...] = (1.0, 10.0, 60.0)
     stuck_after_s: float = 300.0
+    """An open saga unchanged this long counts as stuck (`sagaline_sagas_stuck`)."""
     tracker_batch_wait_ms: int = 200
     """How far the tracker's projection may trail the saga: its fetches wait this long for
     records to pile up (it is off the saga's critical path; larger batches cost less)."""
-    """An open saga unchanged this long counts as stuck (`sagaline_sagas_stuck`)."""
 
     def schema(self, service: str) -> str:
         return f"{self.prefix}{service}"

@@ -2,14 +2,15 @@
 
 The order service is the authority on an order's status, and its events arrive in order
 (one key, one partition), so they set the status; the other services' events only move
-the current step. A timeline row per event id makes redelivery harmless.
+the current step. A timeline row per event id makes redelivery harmless: the timeline is
+the tracker's inbox (`TimelineInbox`).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +18,15 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from consumers.handlers import HandlerContext, Handlers
+from consumers.handlers import HandlerContext, Handlers, lock_keys_sql
+from consumers.inbox import Delivered
 from consumers.spec import WorkerSpec
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from sagas.metrics import SagaMetrics, gauge_loop
 from schemas import messages as m
 from schemas.envelope import Envelope
+from schemas.topics import TopicMap
 
 TERMINAL_STATUSES = ("CONFIRMED", "CANCELLED", "REJECTED")
 STATUS_ORDER = (
@@ -116,32 +119,51 @@ def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
 _SAGA_COLUMNS = "order_id, saga_id, status, step, reason, started_at, updated_at, last_event"
 
 
+class TimelineInbox:
+    """The tracker's inbox is its timeline (consumers.inbox.Inbox): the row an event adds
+    there is the claim — a redelivered event id adds nothing and is skipped — so an event
+    costs the tracker one row, not an inbox row and a timeline row."""
+
+    def __init__(self, schema: str, topics: TopicMap) -> None:
+        self.schema = schema
+        self.topics = topics
+
+    async def claim(
+        self, conn: DbConnection, events: Sequence[Delivered], *, lock: Collection[str] = ()
+    ) -> set[str]:
+        envelopes = [envelope for envelope, _ in events]
+        first = f" WHERE ({lock_keys_sql('$9::text', '$10')}) IS NOT NULL" if lock else ""
+        rows = await conn.fetch(
+            f"INSERT INTO {qualified(self.schema, 'timeline')}"
+            " (event_id, order_id, saga_id, type, source, topic, occurred_at, summary)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+            f" $7::timestamptz[], $8::text[]){first} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            [e.id for e in envelopes],
+            [e.data.order_id for e in envelopes],
+            [e.saga_id for e in envelopes],
+            [type(e.data).__name__ for e in envelopes],
+            [e.source for e in envelopes],
+            [self.topics.topic_for(type(e.data)) for e in envelopes],
+            [e.time for e in envelopes],
+            [summary(e.data) for e in envelopes],
+            *((self.schema, sorted(set(lock))) if lock else ()),
+        )
+        return {row["event_id"] for row in rows}
+
+
 async def record(contexts: list[HandlerContext], metrics: SagaMetrics | None = None) -> None:
-    """A batch in two statements: its timeline rows (a redelivered event id adds nothing)
-    together with loading the sagas it touches; then the folded sagas, saved at once. With
+    """A batch of events new to the timeline (`TimelineInbox` claimed them) in two
+    statements: loading the sagas it touches; then the folded sagas, saved at once. With
     `metrics`, a saga that ends in the batch is observed once the batch commits: its outcome,
     its duration and the duration of each of its steps, from its whole timeline (one more
     statement, only for a batch in which sagas end), so events that reached the tracker out
     of order still give every step exactly once."""
-    conn, schema, topics = contexts[0].conn, contexts[0].schema, contexts[0].topics
+    conn, schema = contexts[0].conn, contexts[0].schema
     envelopes = [ctx.envelope for ctx in contexts]
     timeline, sagas = qualified(schema, "timeline"), qualified(schema, "sagas")
-    order_ids = sorted({e.data.order_id for e in envelopes})
     rows = await conn.fetch(
-        f"WITH event AS (INSERT INTO {timeline}"
-        " (event_id, order_id, saga_id, type, source, topic, occurred_at, summary)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        " $7::timestamptz[], $8::text[]) ON CONFLICT (event_id) DO NOTHING)"
-        f" SELECT {_SAGA_COLUMNS} FROM {sagas} WHERE order_id = ANY($9::text[])",
-        [e.id for e in envelopes],
-        [e.data.order_id for e in envelopes],
-        [e.saga_id for e in envelopes],
-        [type(e.data).__name__ for e in envelopes],
-        [e.source for e in envelopes],
-        [topics.topic_for(type(e.data)) for e in envelopes],
-        [e.time for e in envelopes],
-        [summary(e.data) for e in envelopes],
-        order_ids,
+        f"SELECT {_SAGA_COLUMNS} FROM {sagas} WHERE order_id = ANY($1::text[])",
+        sorted({e.data.order_id for e in envelopes}),
     )
     state: dict[str, SagaRow] = {row["order_id"]: SagaRow(**dict(row)) for row in rows}
     changed: dict[str, SagaRow] = {}
@@ -205,6 +227,7 @@ def spec(config: SagaConfig) -> WorkerSpec:
         build_handlers=build_handlers,
         run_relay=False,
         batch_wait_ms=config.tracker_batch_wait_ms,
+        inbox=TimelineInbox(config.schema("tracker"), topics),
         background=(gauge_loop(config.schema("tracker"), OPEN_STEPS, config.stuck_after_s),),
     )
 

@@ -27,8 +27,7 @@ async def test_the_inbox_forgets_only_rows_older_than_its_retention_in_batches(
     conn = await asyncpg.connect(postgres_dsn)
     try:
         await inbox.install(conn, pg_schema)
-        for number in range(7):
-            await inbox.claim(conn, pg_schema, "g", f"e-{number}", "T", "t")
+        await inbox.claim_many(conn, pg_schema, "g", [(f"e-{number}", "T", "t") for number in range(7)])
         await conn.execute(
             f"UPDATE \"{pg_schema}\".inbox SET processed_at = now() - interval '20 days'"
             " WHERE event_id IN ('e-0', 'e-1', 'e-2', 'e-3', 'e-4')"

@@ -102,6 +102,11 @@ async def test_a_compensated_and_a_confirmed_saga_give_exact_outcome_duration_an
         return value(registry, "sagaline_consumer_duplicates_skipped_total", group=group) == timelines
 
     await wait_until(redelivered)
+    # the timeline is the tracker's inbox: no row twice, and no inbox table beside it
+    assert timelines == await saga.scalar(
+        "SELECT count(*) FROM {tracker}.timeline WHERE order_id IN ('o-comp', 'o-ok')"
+    )
+    assert await saga.scalar("SELECT to_regclass('{tracker}.inbox')") is None
     assert step_counts(registry) == {}
     assert value(registry, "sagaline_saga_duration_seconds_count", status="CONFIRMED") == 0
     assert value(registry, "sagaline_saga_completed_total", status="CANCELLED", reason="out_of_stock") == 0
