@@ -100,10 +100,10 @@ class Chaos:
         for name in (*SERVICES, *(("dlq",) if dlq else ())):
             self.start(name)
 
-        async def installed() -> bool:
+        async def installed() -> bool:  # the outbox only a running service creates
             for name in SERVICES:
                 if not await self.saga.scalar(
-                    f"SELECT to_regclass('{self.saga.config.schema(name)}.inbox') IS NOT NULL"
+                    f"SELECT to_regclass('{self.saga.config.schema(name)}.outbox') IS NOT NULL"
                 ):
                     return False
             return all(self.alive(key) for key in self.processes)
