@@ -10,6 +10,8 @@ import os
 import socket
 from typing import Any
 
+from tests.support import free_port
+
 KAFKA_IMAGE = os.environ.get("SAGALINE_TEST_KAFKA_IMAGE", "apache/kafka:3.9.1")
 POSTGRES_IMAGE = os.environ.get("SAGALINE_TEST_POSTGRES_IMAGE", "postgres:16.4")
 
@@ -36,12 +38,6 @@ def docker_available() -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _bind_loopback(container: Any, container_port: int, host_port: int) -> None:
     """Publish the port on 127.0.0.1 only (docker-py's (host ip, port) form, which
     testcontainers' with_bind_ports does not accept)."""
@@ -53,7 +49,7 @@ def start_kafka() -> tuple[Any, str]:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    port = _free_port()
+    port = free_port()
     container = (
         DockerContainer(KAFKA_IMAGE)
         .with_env("KAFKA_NODE_ID", "1")
@@ -82,7 +78,7 @@ def start_kafka() -> tuple[Any, str]:
 def start_postgres() -> tuple[Any, str]:
     from testcontainers.community.postgres import PostgresContainer
 
-    port = _free_port()
+    port = free_port()
     container = PostgresContainer(
         POSTGRES_IMAGE, username="sagaline", password="sagaline", dbname="sagaline", driver=None
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from typing import Any
@@ -125,22 +126,30 @@ async def wait_consumed(kafka: KafkaConnection, group: str, topic: str, timeout_
         await admin.close()
 
 
+# Ports the tests' own servers bind (metrics endpoints, a second PostgreSQL, containers): above
+# every fixed port in STACK_PORTS and below the ephemeral range. A port the OS hands out for
+# bind(0) is in that range, and a client's outgoing socket could take it before the server
+# binds it (a CI run lost its DLQ indexer to "address already in use" that way).
+TEST_PORTS = range(30000, 32768)
+
+
 def free_port_block(size: int) -> int:
-    """A base port whose next `size` ports were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base: int = probe.getsockname()[1]
-        if base + size > 65535:
-            continue
+    """A base port that, with the next `size` ports, was free a moment ago; in TEST_PORTS."""
+    for _ in range(200):
+        base = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - size)
         try:
-            for port in range(base + 1, base + size + 1):
+            for port in range(base, base + size + 1):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
         except OSError:
             continue
         return base
     raise RuntimeError("no free block of ports")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago; in TEST_PORTS."""
+    return free_port_block(0)
 
 
 async def committed(kafka: KafkaConnection, group: str, topic: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,21 +11,15 @@ import pytest
 
 from sagaline.localstack import postgres
 from sagaline.localstack.stack import ensure_database
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 async def own_postgres(unique: str) -> AsyncIterator[postgres.PostgresServer]:
     # under the checkout, not /tmp/pytest-of-root: the server runs as the postgres user
-    server = postgres.PostgresServer(ROOT / ".sagaline" / f"pg-outage-{unique}", _free_port())
+    server = postgres.PostgresServer(ROOT / ".sagaline" / f"pg-outage-{unique}", free_port())
     await asyncio.to_thread(postgres.init, server)
     await asyncio.to_thread(postgres.start, server)
     try:

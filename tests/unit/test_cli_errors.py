@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import free_port
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -48,13 +49,6 @@ def test_unknown_command_exits_non_zero() -> None:
     assert "No such command" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
     assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -88,11 +82,11 @@ def test_a_payload_file_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) 
 
 
 def test_an_unreachable_postgresql_is_named_with_its_address_and_no_secret() -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SAGALINE_POSTGRES_DSN": f"postgresql://op:hunter2@127.0.0.1:{port}/sagaline",
-        "SAGALINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
+        "SAGALINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
     }
     line = _one_line(_cli("dlq", "list", env=env), 1)
     assert f"PostgreSQL at 127.0.0.1:{port}/sagaline is unreachable" in line
@@ -100,7 +94,7 @@ def test_an_unreachable_postgresql_is_named_with_its_address_and_no_secret() -> 
 
 
 def test_an_unreachable_kafka_is_named_once_without_leaking_clients(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     payload = tmp_path / "order.json"
     payload.write_text(
         '{"order_id": "o-1", "idempotency_key": "key-12345", "customer_id": "c-1", "currency": "EUR",'
@@ -109,7 +103,7 @@ def test_an_unreachable_kafka_is_named_once_without_leaking_clients(tmp_path: Pa
     env = {
         **os.environ,
         "SAGALINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
-        "SAGALINE_POSTGRES_DSN": f"postgresql://op:pw@127.0.0.1:{_free_port()}/sagaline",
+        "SAGALINE_POSTGRES_DSN": f"postgresql://op:pw@127.0.0.1:{free_port()}/sagaline",
         "PYTHONWARNINGS": "always",  # an unclosed client would warn
     }
     line = _one_line(_cli("publish", "PlaceOrder", "--file", str(payload), env=env), 1)
