@@ -46,6 +46,7 @@ class DemoOptions:
     stockout_rate: float = 0.1
     cancel_rate: float = 0.05
     concurrency: int = 200
+    """Orders in flight at once (published, not yet acknowledged by the broker)."""
     timeout_s: float = 300.0
     seed: int | None = None
     rate: float | None = None
@@ -186,11 +187,13 @@ async def run_demo(
     progress: Progress | None = None,
     reader: asyncpg.Pool[Any] | None = None,
     ended: Callable[[], Awaitable[None]] | None = None,
+    began: Callable[[], Awaitable[None]] | None = None,
 ) -> DemoResult:
     """Seed (through `pool`), publish, wait, and check the invariants — through `reader`
-    when given (a read-only role: the check needs no right to write). `ended` is awaited
-    once every saga has ended (or the wait timed out), before the reads that summarise and
-    check them: a measurement's window closes there."""
+    when given (a read-only role: the check needs no right to write). A measurement's window
+    opens when `began` is awaited (seeded, about to publish the first order) and closes when
+    `ended` is (every saga has ended, or the wait timed out; before the reads that summarise
+    and check them)."""
     run_id = uuid.uuid4().hex[:6]
     orders, accounts, stock, cancels = _plan(options, run_id)
     async with pool.acquire() as conn:
@@ -198,17 +201,22 @@ async def run_demo(
         await seed.add_accounts(conn, config, accounts)
         await seed.add_stock(conn, config, stock)
 
-    started_at = datetime.now(UTC)
     requested_at: dict[str, datetime] = {}  # order id -> when its last request was published
     placed: dict[str, datetime] = {}  # order id -> when its PlaceOrder was, for those cancelled since
-    started = time.monotonic()
     async with Publisher(kafka, source="/demo/storefront", topics=config.topics) as publisher:
-        limit = asyncio.Semaphore(options.concurrency)
+        if began is not None:
+            await began()
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        queue = iter(enumerate(orders))  # shared: each order is taken by one sender
 
-        async def place(number: int, order: PlaceOrder) -> None:
-            if options.rate:
-                await asyncio.sleep(max(0.0, started + number / options.rate - time.monotonic()))
-            async with limit:
+        async def sender() -> None:
+            """Publishes the next order when it is due, waits for its acknowledgement, repeats:
+            `concurrency` of these keep that many orders in flight (a task per order would
+            cost the load generator, on the machine it measures, more than the publishing)."""
+            for number, order in queue:
+                if options.rate:
+                    await asyncio.sleep(max(0.0, started + number / options.rate - time.monotonic()))
                 sent = datetime.now(UTC)
                 await publisher.publish(order)
                 requested_at[order.order_id] = sent
@@ -220,7 +228,7 @@ async def run_demo(
                         CancelOrder(order_id=order.order_id, idempotency_key=f"cancel-{order.order_id}")
                     )
 
-        await asyncio.gather(*(place(n, o) for n, o in enumerate(orders)))
+        await asyncio.gather(*(sender() for _ in range(max(1, min(options.concurrency, len(orders))))))
     placed = {order_id: placed.get(order_id, at) for order_id, at in requested_at.items()}
 
     order_ids = [o.order_id for o in orders]

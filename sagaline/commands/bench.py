@@ -94,6 +94,7 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         "sagas/s",
         "ratio",
         "CPU ms/saga",
+        "load generator CPU ms/saga",
         "statements",
         "transactions",
         "WAL kB (full pages)",
@@ -126,6 +127,7 @@ def _sustained_cells(row: dict[str, Any]) -> list[str]:
         str(row["sagas_per_s"]),
         str(row.get("ratio_to_first")),
         f"{row['cpu_ms_per_saga_total']} ({_by_process(row['cpu_ms_per_saga'])})",
+        str(row.get("load_generator_cpu_ms_per_saga", "n/a")),
         str(row.get("statements_per_saga", "n/a")),
         str(row.get("transactions_per_saga", "n/a")),
         _wal(row),
@@ -172,9 +174,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "Ceilings: " + ", ".join(f"{k} {v:,.0f}" for k, v in result["ceilings"].items()) + "."]
     lines += [
         "",
-        "| layout | sagas/s | ratio | CPU ms/saga (by process) | statements/saga | transactions/saga"
-        " | WAL kB/saga (full-page images) | Kafka records/saga | invariants |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layout | sagas/s | ratio | CPU ms/saga (by process) | load generator CPU ms/saga"
+        " | statements/saga | transactions/saga | WAL kB/saga (full-page images) | Kafka records/saga"
+        " | invariants |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(_sustained_cells(row)) + " |" for row in result["sustained"]]
     if result.get("latency"):

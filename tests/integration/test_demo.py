@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,40 @@ async def test_an_open_loop_demo_ends_every_saga_and_paces_its_orders(
         for hop in ("order→payment", "payment→inventory", "inventory→order"):
             assert hops[hop]["n"] >= confirmed, hops
         assert all(ms["p50"] <= ms["p95"] <= ms["p99"] for ms in hops.values())
+    finally:
+        await saga.close()
+
+
+async def test_a_burst_is_measured_from_its_first_order_to_its_last_saga(
+    kafka: KafkaConnection, postgres_dsn: str, unique: str
+) -> None:
+    """All at once, through three senders: every saga ends; the measuring window opens after
+    the seeding (the accounts are there) before the first order is published, and closes
+    once every order has ended."""
+    saga = SagaPlatform(kafka, postgres_dsn, unique)
+    await saga.setup([], [])
+    try:
+        await saga.start()
+        pool = saga.pool
+        assert pool is not None
+        orders = qualified(saga.config.schema("order"), "orders")
+        accounts = qualified(saga.config.schema("payment"), "accounts")
+        window: dict[str, datetime] = {}
+
+        async def began() -> None:
+            assert await pool.fetchval(f"SELECT count(*) FROM {accounts}") > 0  # seeded
+            window["began"] = datetime.now(UTC)
+
+        async def ended() -> None:
+            window["ended"] = datetime.now(UTC)
+
+        options = DemoOptions(orders=30, seed=11, concurrency=3, cancel_rate=0.0)
+        result = await run_demo(kafka, pool, saga.config, options, began=began, ended=ended)
+        assert result.ok, result.as_dict()
+        assert sum(result.outcomes.values()) == 30
+        assert window["began"] <= min(result.placed_at.values())
+        terminal = await pool.fetchval(f"SELECT max(terminal_at) FROM {orders}")
+        assert max(result.placed_at.values()) <= terminal <= window["ended"]
     finally:
         await saga.close()
 

@@ -30,6 +30,7 @@ def _result() -> dict[str, Any]:
                 "sagas_per_s": 420.2,
                 "cpu_ms_per_saga": {"order": 0.8, "postgresql": 2.01},
                 "cpu_ms_per_saga_total": 4.44,
+                "load_generator_cpu_ms_per_saga": 0.13,
                 "transactions_per_saga": 0.1,
                 "statements_per_saga": 0.9,
                 "wal_bytes_per_saga": 14321.5,
@@ -67,8 +68,8 @@ def test_markdown_has_a_row_per_run_with_rates_and_costs() -> None:
     text = markdown(_result())
     assert "### `sagaline bench` — 2026-11-22 20:00 UTC" in text
     assert (
-        "| 1 x 6 partitions | 420.2 | 1.0 | 4.44 (order 0.8, postgresql 2.01) | 0.9 | 0.1 | 14.3 (0.4)"
-        " | 5.1 | ok |" in text
+        "| 1 x 6 partitions | 420.2 | 1.0 | 4.44 (order 0.8, postgresql 2.01) | 0.13 | 0.9 | 0.1"
+        " | 14.3 (0.4) | 5.1 | ok |" in text
     )
     assert "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 17.9 | 8.3 | FAILED |" in text
     assert "kafka_producer_records_per_s 170,794" in text
@@ -80,5 +81,5 @@ def test_tables_show_the_same_rows_in_a_terminal() -> None:
     for table in _tables(_result()):
         console.print(table)
     text = console.export_text()
-    for cell in ("420.2", "4.44", "14.3 (0.4)", "17.9", "8.3", "FAILED", "order→payment 41 / 121"):
+    for cell in ("420.2", "4.44", "0.13", "14.3 (0.4)", "17.9", "8.3", "FAILED", "order→payment 41 / 121"):
         assert cell in text
