@@ -6,10 +6,12 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
 1. **Ceilings**: Kafka's own ProducerPerformance/ConsumerPerformance and a PostgreSQL
    commit-rate probe (benchmarks.saga).
 2. **Sustained**: a 3,000-order burst calibrates, then enough orders for `seconds` at that
-   rate (and a margin) are published at once; sagas/s is completions over the time to drain them. Beside it,
-   where the cost goes: CPU-seconds per saga of every process (from /proc: services, broker,
-   PostgreSQL backends), SQL statements and transactions per saga (pg_stat_statements,
-   pg_stat_database), Kafka records per saga (end offsets of the run's topics).
+   rate (and a margin) are published at once; sagas/s is completions over the time to drain
+   them. Beside it, where the cost goes: CPU-seconds per saga of every process (from /proc:
+   services, broker, PostgreSQL backends), SQL statements and transactions per saga
+   (pg_stat_statements, pg_stat_database), Kafka records per saga (end offsets of the run's
+   topics), and apart from them the load generator's own CPU (this process: publishing the
+   orders, watching for their end), which shares the machine.
 3. **Latency**, open loop (each order published at its scheduled time, whatever the system
    is doing): p50/p95/p99 at 25/50/75% of the sustained rate and at 10 orders/s.
 4. **Scaling**: the sustained phase again with 2 processes per service, and with 12
