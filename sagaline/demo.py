@@ -212,8 +212,8 @@ async def run_demo(
 
         async def sender() -> None:
             """Publishes the next order when it is due, waits for its acknowledgement, repeats:
-            `concurrency` of these keep that many orders in flight (a task per order would
-            cost the load generator, on the machine it measures, more than the publishing)."""
+            `concurrency` of these keep that many orders in flight. (A task per order, gathered,
+            took a third of the load generator's CPU, on the machine it measures.)"""
             for number, order in queue:
                 if options.rate:
                     await asyncio.sleep(max(0.0, started + number / options.rate - time.monotonic()))
