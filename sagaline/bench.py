@@ -304,9 +304,12 @@ class _Meter:
 
     def __init__(self, pool: asyncpg.Pool[Any], groups: dict[str, list[int]], postmaster: int | None) -> None:
         self.pool, self.groups, self.postmaster = pool, groups, postmaster
-        self.cpu: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # what the window measured, once closed
         self.counters: dict[str, int] = {}
         self.own_cpu = 0.0
+        self._counters: dict[str, int] = {}  # as the window opened
+        self._cpu = CpuSample({})
+        self._own = 0.0
 
     async def open(self) -> None:
         async with self.pool.acquire() as conn:
