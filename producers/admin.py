@@ -45,6 +45,23 @@ async def start_admin(kafka: KafkaConnection) -> AIOKafkaAdminClient:
     return admin
 
 
+async def delete_topics(admin: AIOKafkaAdminClient, names: Sequence[str], timeout_s: float = 30.0) -> None:
+    """Delete topics and return once the cluster's metadata no longer lists them. The
+    controller acknowledges a deletion before every broker has applied it, so a listing made
+    right after `DeleteTopics` can still show the topics for a moment."""
+    if not names:
+        return
+    await admin.delete_topics(list(names))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = sorted(set(names) & set(await admin.list_topics()))
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics still listed {timeout_s:.0f}s after their deletion: {left}")
+        await asyncio.sleep(0.1)
+
+
 def durability(replication: int) -> dict[str, str]:
     """Topic configs every sagaline topic gets for its effective replication factor: never
     elect an out-of-sync replica (it would lose acknowledged records), and with three or

@@ -43,7 +43,7 @@ import aiokafka
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from producers.admin import ensure_topics, start_admin
+from producers.admin import delete_topics, ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from sagaline.bootstrap import Endpoints, create_pool, endpoints, local_stack, saga_config
 from sagaline.ceilings import kafka_perf, postgres_commit_rate
@@ -255,8 +255,7 @@ async def discard_run(ends: Endpoints, token: str) -> Discarded:
     admin = await start_admin(ends.kafka)
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(f"{token}.")]
-        if topics:
-            await admin.delete_topics(topics)
+        await delete_topics(admin, topics)
     finally:
         await admin.close()
     return Discarded(schemas=len(schemas), topics=len(topics))

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from producers.admin import ensure_topics, start_admin
+from producers.admin import delete_topics, ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from sagaline.localstack import kafka as local_kafka
 from sagaline.settings import Settings
@@ -52,7 +52,7 @@ async def kafka_perf(settings: Settings, kafka: KafkaConnection, bootstrap: str)
     finally:  # 80 MB of perf records are of no use once measured
         admin = await start_admin(kafka)
         try:
-            await admin.delete_topics([topic])
+            await delete_topics(admin, [topic])
         finally:
             await admin.close()
     # data: start, end, MB, MB/s, nMsg, nMsg/s, ...

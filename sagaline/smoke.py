@@ -15,6 +15,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from producers.admin import delete_topics
 from producers.connection import KafkaConnection
 
 
@@ -68,7 +69,7 @@ async def run_smoke(kafka: KafkaConnection, postgres_dsn: str, messages: int = 1
         finally:
             await consumer.stop()
     finally:
-        await admin.delete_topics([topic])
+        await delete_topics(admin, [topic])
         await admin.close()
     conn = await asyncpg.connect(postgres_dsn)
     try:
