@@ -46,7 +46,7 @@ from consumers.logcontext import about_message
 from consumers.tracing import Delivery, process_span, process_spans
 from producers import failpoints, outbox
 from producers.db import DbConnection, Statement, execute, together
-from schemas.codec import decode
+from schemas.codec import decode_value, read_attributes
 from schemas.envelope import Envelope
 from schemas.messages import Message
 from schemas.topics import TopicMap
@@ -331,17 +331,21 @@ class UnitOfWork:
 def triage(record: InboundRecord, lanes: Lanes, handlers: Handlers) -> Outcome:
     """What can be decided about a record before the database: a dead letter (its lane
     headers or bytes cannot be used), ignored (no handler for its type) or to be applied.
+    The type comes from the headers: the value of a record the group ignores is not read
+    (the groups that handle its type decode it, and dead-letter it if it is malformed).
     Never raises, whatever the record's key, value and headers."""
     try:
         origin = origin_of(
             list(record.headers), record.topic, record.partition, record.offset, record.timestamp, lanes
         )
-        envelope = decode(record.value, record.headers)
-        handled = handlers.handles(type(envelope.data))
+        attributes = read_attributes(record.headers)
+        if not handlers.handles(attributes.cls):
+            return Outcome(record, "ignored", origin)
+        envelope = decode_value(attributes, record.value)
     except Exception as exc:  # the trust boundary: any failure to read a record is its own
         own = Origin(record.topic, record.partition, record.offset, record.timestamp, "CREATE_TIME", 0, None)
         return Outcome(record, "dead_letter", own, failure=_failure(exc))
-    return Outcome(record, "applied" if handled else "ignored", origin, envelope)
+    return Outcome(record, "applied", origin, envelope)
 
 
 def _subjects(todo: list[Outcome]) -> frozenset[str]:

@@ -2,7 +2,9 @@
 
 `encode(envelope)` gives the record's key, value and headers. `decode(value, headers)` gives
 an `Envelope` or raises one of the `DecodeError` family — never a bare KeyError/ValueError,
-whatever the bytes.
+whatever the bytes. It runs in two parts a consumer can also call one by one:
+`read_attributes(headers)` (the headers as far as the message type) and
+`decode_value(attributes, value)` (the rest).
 """
 
 from __future__ import annotations
@@ -81,35 +83,51 @@ def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
     return result
 
 
+class Attributes(NamedTuple):
+    """A record's contract headers (`header_map`), and the message class its `ce_type` names."""
+
+    values: dict[str, str]
+    cls: type[Message]
+
+
+def read_attributes(
+    headers: Iterable[tuple[str, bytes | None]], registry: MessageRegistry = DEFAULT_REGISTRY
+) -> Attributes:
+    """The first part of `decode`: the headers, checked as far as the message type (spec
+    version, content type, a `ce_type` the registry knows). A consumer that does not handle
+    that type can stop here, without reading the value."""
+    attrs = header_map(headers)
+    if _required(attrs, "specversion") != SPECVERSION:
+        raise InvalidHeader(f"ce_specversion {attrs['ce_specversion']!r} is not {SPECVERSION}")
+    content_type = attrs.get("content-type", DATA_CONTENT_TYPE).split(";")[0].strip()
+    if content_type != DATA_CONTENT_TYPE:
+        raise InvalidHeader(f"content-type {content_type!r} is not {DATA_CONTENT_TYPE}")
+    return Attributes(attrs, registry.resolve(_required(attrs, "type")))
+
+
 def decode(
     value: bytes | None,
     headers: Iterable[tuple[str, bytes | None]],
     registry: MessageRegistry = DEFAULT_REGISTRY,
 ) -> Envelope[Message]:
-    attrs = header_map(headers)
+    return decode_value(read_attributes(headers, registry), value, registry)
 
-    def required(name: str) -> str:
-        found = attrs.get(f"ce_{name}")
-        if not found:
-            raise MissingHeader(f"missing CloudEvents header ce_{name}")
-        return found
 
-    if required("specversion") != SPECVERSION:
-        raise InvalidHeader(f"ce_specversion {attrs['ce_specversion']!r} is not {SPECVERSION}")
-    content_type = attrs.get("content-type", DATA_CONTENT_TYPE).split(";")[0].strip()
-    if content_type != DATA_CONTENT_TYPE:
-        raise InvalidHeader(f"content-type {content_type!r} is not {DATA_CONTENT_TYPE}")
-    cls = registry.resolve(required("type"))
+def decode_value(
+    attributes: Attributes, value: bytes | None, registry: MessageRegistry = DEFAULT_REGISTRY
+) -> Envelope[Message]:
+    """The rest of `decode`, after `read_attributes`: the other attributes and the value."""
+    attrs, cls = attributes
     version = _positive_int(attrs.get(f"ce_{EXT_SCHEMA_VERSION}", "1"), EXT_SCHEMA_VERSION)
-    time = _timestamp(required("time"))
+    time = _timestamp(_required(attrs, "time"))
     data = _json_object(value)
     try:
         data = registry.upcast(cls, version, data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractViolation(f"{cls.__name__} v{version} could not be upcast: {exc!r}", []) from None
     envelope_fields = {
-        "id": required("id"),
-        "source": required("source"),
+        "id": _required(attrs, "id"),
+        "source": _required(attrs, "source"),
         "time": time,
         "saga_id": attrs.get(f"ce_{EXT_SAGA_ID}") or None,
         "causation_id": attrs.get(f"ce_{EXT_CAUSATION_ID}") or None,
@@ -127,6 +145,13 @@ def decode(
     if subject is not None and subject != message.key:
         raise InvalidHeader(f"ce_subject {subject!r} does not match order id {message.key!r}")
     return envelope
+
+
+def _required(attrs: dict[str, str], name: str) -> str:
+    found = attrs.get(f"ce_{name}")
+    if not found:
+        raise MissingHeader(f"missing CloudEvents header ce_{name}")
+    return found
 
 
 def parse_message(type_name: str, payload: Any, registry: MessageRegistry = DEFAULT_REGISTRY) -> Message:
@@ -177,4 +202,15 @@ def _timestamp(text: str) -> datetime:
     return parsed
 
 
-__all__ = ["DecodeError", "Headers", "Record", "decode", "encode", "header_map", "parse_message"]
+__all__ = [
+    "Attributes",
+    "DecodeError",
+    "Headers",
+    "Record",
+    "decode",
+    "decode_value",
+    "encode",
+    "header_map",
+    "parse_message",
+    "read_attributes",
+]

@@ -122,3 +122,50 @@ def _index(topic: str, key: bytes | None, headers: list[tuple[str, bytes | None]
     stored = json.dumps(headers_to_json(headers))
     assert "\\u0000" not in stored  # jsonb refuses NUL
     assert headers_from_json(json.loads(stored)) == headers
+
+
+def _event(message: m.Message) -> tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]:
+    from schemas.envelope import Envelope
+
+    record = encode(Envelope.new(message, "/tests"))
+    return record.key, record.value, list(record.headers)
+
+
+_CONFIRMED = m.OrderConfirmed(order_id="order-1", total={"amount_minor": 100, "currency": "EUR"})  # type: ignore[arg-type]
+
+
+def test_a_type_the_group_does_not_handle_is_ignored_from_its_headers_without_reading_the_value() -> None:
+    key, value, headers = _event(_CONFIRMED)
+    for body in (value, b"{not json", None):
+        outcome = triage(InboundRecord("orders.events", 0, 7, 0, key, body, headers), LANES, HANDLERS)
+        assert (outcome.kind, outcome.envelope, outcome.failure) == ("ignored", None, None)
+
+
+def test_a_handled_type_with_a_malformed_value_is_a_dead_letter() -> None:
+    placed = m.OrderPlaced(
+        order_id="order-1",
+        customer_id="c-1",
+        items=[{"sku": "s", "quantity": 1, "unit_price_minor": 100}],  # type: ignore[list-item]
+        total={"amount_minor": 100, "currency": "EUR"},  # type: ignore[arg-type]
+    )
+    key, value, headers = _event(placed)
+    assert (
+        triage(InboundRecord("orders.events", 0, 7, 0, key, value, headers), LANES, HANDLERS).kind
+        == "applied"
+    )
+    outcome = triage(InboundRecord("orders.events", 0, 7, 0, key, b"{not json", headers), LANES, HANDLERS)
+    assert outcome.kind == "dead_letter"
+    assert outcome.failure is not None
+    assert type(outcome.failure.exc).__name__ == "NotJson"
+
+
+def test_headers_that_do_not_name_a_known_type_are_a_dead_letter_whatever_the_group_handles() -> None:
+    key, value, headers = _event(_CONFIRMED)
+    for name, bad in (
+        ("ce_type", b"io.sagaline.NoSuchThing"),
+        ("ce_specversion", b"0.3"),
+        ("content-type", b"text/xml"),
+    ):
+        forged = [(n, bad if n == name else v) for n, v in headers]
+        outcome = triage(InboundRecord("orders.events", 0, 7, 0, key, value, forged), LANES, HANDLERS)
+        assert outcome.kind == "dead_letter", name
