@@ -20,6 +20,8 @@ from consumers.unit_of_work import InboundRecord, triage
 from dlq.record import headers_from_json, headers_to_json, parse
 from schemas import messages as m
 from schemas.codec import encode
+from schemas.envelope import Envelope
+from schemas.values import LineItem, Money
 from tests.unit.strategies import envelopes
 
 LANES = Lanes("payment", (1.0, 10.0, 60.0))
@@ -125,13 +127,12 @@ def _index(topic: str, key: bytes | None, headers: list[tuple[str, bytes | None]
 
 
 def _event(message: m.Message) -> tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]:
-    from schemas.envelope import Envelope
-
     record = encode(Envelope.new(message, "/tests"))
     return record.key, record.value, list(record.headers)
 
 
-_CONFIRMED = m.OrderConfirmed(order_id="order-1", total={"amount_minor": 100, "currency": "EUR"})  # type: ignore[arg-type]
+_TOTAL = Money(amount_minor=100, currency="EUR")
+_CONFIRMED = m.OrderConfirmed(order_id="order-1", total=_TOTAL)
 
 
 def test_a_type_the_group_does_not_handle_is_ignored_from_its_headers_without_reading_the_value() -> None:
@@ -145,8 +146,8 @@ def test_a_handled_type_with_a_malformed_value_is_a_dead_letter() -> None:
     placed = m.OrderPlaced(
         order_id="order-1",
         customer_id="c-1",
-        items=[{"sku": "s", "quantity": 1, "unit_price_minor": 100}],  # type: ignore[list-item]
-        total={"amount_minor": 100, "currency": "EUR"},  # type: ignore[arg-type]
+        items=[LineItem(sku="s", quantity=1, unit_price_minor=100)],
+        total=_TOTAL,
     )
     key, value, headers = _event(placed)
     assert (
