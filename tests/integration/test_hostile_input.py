@@ -20,9 +20,11 @@ from dlq import store
 from dlq.indexer import Indexer, dlt_pattern
 from producers.admin import ensure_topics
 from producers.connection import KafkaConnection
+from schemas import messages as m
 from schemas.codec import encode
 from schemas.envelope import Envelope
 from schemas.topics import TopicSpec
+from schemas.values import Money
 from tests.support import read_all, wait_until
 from tests.worker_support import LedgerService, placed
 
@@ -98,6 +100,35 @@ async def test_forged_and_null_lane_headers_on_an_input_topic_never_stall_the_pa
         assert h.H_REPLAY_OF not in headers
     forged = next(r for r in dead if r.key == b"o-forged")
     assert ("ce_id", None) in forged.headers  # the producer's own headers are kept, null and all
+
+
+async def test_a_malformed_value_is_dead_lettered_where_its_type_is_handled_and_ignored_elsewhere(
+    service: LedgerService, kafka: KafkaConnection, tmp_path: Path
+) -> None:
+    """Setup: the ledger worker, which handles OrderPlaced and no other type.
+    Fault: kcat writes an OrderConfirmed and an OrderPlaced whose contract headers are valid
+    and whose values are not JSON; then our publisher sends an ordinary event.
+    Validate: the OrderPlaced is dead-lettered as not JSON; the OrderConfirmed is ignored from
+    its headers (not this group's to judge: the groups that handle it dead-letter it); the
+    partition moves on and the ordinary event is applied."""
+    bootstrap = kafka.bootstrap_servers
+    confirmed = m.OrderConfirmed(order_id="o-confirmed", total=Money(amount_minor=1000, currency="EUR"))
+    for order_id, message in (("o-confirmed", confirmed), ("o-placed", placed("o-placed"))):
+        headers = encode(Envelope.new(message, "/tests/order")).headers
+        ce_headers = [f"{name}={(value or b'').decode()}" for name, value in headers]
+        kcat(bootstrap, service.topic, order_id, b"{not json", ce_headers, tmp_path)
+    await service.produce_raw(*_record("o-next"))
+    await service.start()
+
+    async def applied() -> bool:
+        return await service.ledger_rows() == 1
+
+    await wait_until(applied, timeout_s=60)
+    await service.stop()  # every failure of what it applied is routed before it stops
+    dead = await read_all(kafka, service.lanes.dlt, at_least=1)
+    assert [r.key for r in dead] == [b"o-placed"]
+    assert dict(dead[0].headers)[h.H_EXCEPTION_FQCN].endswith(b"NotJson")
+    assert await service.scalar("SELECT array_agg(order_id) FROM {s}.ledger") == ["o-next"]
 
 
 def _record(order_id: str) -> tuple[bytes, bytes, list[tuple[str, bytes | None]]]:
