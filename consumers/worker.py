@@ -65,6 +65,11 @@ class WorkerOptions:
     linger_ms: int = 0
     linger_bytes: int = 256 * 1024  # a lingering fetch returns early once this much is there
     failure_backoff_s: float = 1.0
+    # an assigned partition without a position this long: ask for fresh metadata (again every
+    # as long while it has none). aiokafka's offset lookup retries a broker that no longer leads
+    # the partition without refreshing its metadata (the Java client does since KAFKA-9535), so
+    # it loops until the next periodic refresh (metadata_max_age_ms: 5 minutes) unless asked
+    refresh_metadata_after_s: float = 3.0
     stall_after_s: float = 60.0  # an assigned partition without a position this long: new consumer
     sensitive_fields: tuple[str, ...] = ()  # masked in dead-letter diagnostics and logs
     log_limit: int = 1000  # characters of exception text in one log line
@@ -103,6 +108,7 @@ class Worker:
                 metrics.retried.labels(self.group, str(lane))
         self._lag_observed = 0.0
         self._unpositioned: dict[TopicPartition, float] = {}  # since when each has had no position
+        self._metadata_refreshed = 0.0  # when _observe_positions last asked for fresh metadata
 
     @property
     def ready(self) -> bool:
@@ -139,6 +145,7 @@ class Worker:
         self._consumer = consumer
         self._committed_at = time.monotonic()
         self._unpositioned = {}
+        self._metadata_refreshed = 0.0
         linger = self._linger(consumer)
         self.running = True
         stopping = asyncio.ensure_future(stop.wait())
@@ -357,10 +364,12 @@ class Worker:
         """Once a second: refresh the lag gauges, and notice a consumer that cannot find where
         to read. A partition has no position until the group's committed offset (or the reset
         to the earliest) is known; aiokafka looks it up in the background and retries for as
-        long as it fails — once (chaos S7, a broker paused 30 s) it asked the same broker
-        every 100 ms for four minutes and never fetched again. So a partition without a
-        position for `stall_after_s` ends this run of the loop with `ConsumerStalled`: the
-        supervisor starts a new consumer (fresh metadata, a fresh join) after its backoff."""
+        long as it fails — after a broker pause (chaos S7) it asked a broker that had stopped
+        leading the partition, every 100 ms, and never refreshed its metadata to find the new
+        leader. So a partition without a position for `refresh_metadata_after_s` asks for fresh
+        metadata (`_refresh_metadata`), and one without a position for `stall_after_s` ends this
+        run of the loop with `ConsumerStalled`: the supervisor starts a new consumer (fresh
+        metadata, a fresh join) after its backoff."""
         now = time.monotonic()
         if now - self._lag_observed < LAG_INTERVAL_S:
             return
@@ -380,23 +389,51 @@ class Worker:
                 lag = max(highwater - lookup.result(), 0)
                 self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
         self._unpositioned = {tp: self._unpositioned.get(tp, now) for tp in missing}
-        stalled = sorted(
-            (
-                f"{tp.topic}[{tp.partition}]"
-                for tp, since in self._unpositioned.items()
-                if now - since >= self.options.stall_after_s
+        refresh_after = self.options.refresh_metadata_after_s
+        waiting = self._unpositioned_for(now, refresh_after)
+        if waiting and now - self._metadata_refreshed >= refresh_after:
+            self._metadata_refreshed = now
+            refreshed = _refresh_metadata(consumer)
+            log.warning(
+                "%s: no position for %s in %.0fs; %s",
+                self.group,
+                ", ".join(waiting),
+                refresh_after,
+                "asked for fresh metadata"
+                if refreshed
+                else "this aiokafka cannot be asked for fresh metadata",
             )
-        )
+        stalled = self._unpositioned_for(now, self.options.stall_after_s)
         if stalled:
             raise ConsumerStalled(
                 f"{self.group}: no position for {', '.join(stalled)} in {self.options.stall_after_s:.0f}s;"
                 " restarting the consumer"
             )
 
+    def _unpositioned_for(self, now: float, seconds: float) -> list[str]:
+        """The assigned partitions that have had no position for `seconds` or more."""
+        return sorted(
+            f"{tp.topic}[{tp.partition}]"
+            for tp, since in self._unpositioned.items()
+            if now - since >= seconds
+        )
+
 
 class ConsumerStalled(TimeoutError):
     """Assigned partitions have had no position for too long: the consumer is stuck (transient:
     the supervisor restarts the worker's loop with a new consumer)."""
+
+
+def _refresh_metadata(consumer: AIOKafkaConsumer) -> bool:
+    """Ask the consumer's client for fresh cluster metadata (in the background: the next
+    offset lookup goes to the leader it names). aiokafka has no public call for this, so its
+    client's `force_metadata_update` is called (pinned by tests/unit/test_worker_fetch.py);
+    False if this aiokafka has none, and the watchdog's restart remains."""
+    refresh = getattr(getattr(consumer, "_client", None), "force_metadata_update", None)
+    if not callable(refresh):
+        return False
+    refresh()
+    return True
 
 
 def _can_set_fetch_wait(consumer: AIOKafkaConsumer) -> bool:

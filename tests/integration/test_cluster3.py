@@ -1,16 +1,23 @@
-"""A three-node KRaft cluster: RF=3 topics with min.insync.replicas=2 work end to end."""
+"""A three-node KRaft cluster: RF=3 topics with min.insync.replicas=2 work end to end; a consumer
+finds where to read after a partition's leader moves."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from consumers.worker import _refresh_metadata
 from producers.admin import ensure_topics, topic_configs
 from producers.connection import KafkaConnection
+from sagaline.localstack import kafka as local_kafka
+from sagaline.settings import Settings
 from schemas.topics import TopicSpec
 
 pytestmark = pytest.mark.kafka
@@ -75,3 +82,102 @@ async def test_rf3_topic_produce_and_consume(kafka_cluster3: KafkaConnection, un
     finally:
         await consumer.stop()
     assert got == {str(i).encode() for i in range(30)}
+
+
+def _kafka_tool(main: str, *args: str) -> str:
+    libs, _ = local_kafka.ensure_jars(Settings().cache_dir)
+    return subprocess.run(
+        ["java", "-Xmx256m", "-cp", f"{libs}/*", main, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
+async def _leader(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, list[int], list[int]]:
+    [description] = await admin.describe_topics([topic])
+    [partition] = description["partitions"]
+    return partition["leader"], partition["replicas"], partition["isr"]
+
+
+async def test_a_consumer_that_asks_a_former_leader_where_to_read_finds_the_new_one_once_refreshed(
+    kafka_cluster3: KafkaConnection, unique: str, tmp_path: Path
+) -> None:
+    """The position watchdog's first remedy (docs/consumers.md, "Position watchdog"), on a
+    real cluster: the leader of a partition moves while a consumer holds metadata naming the
+    old one, and the consumer must look up where to read. aiokafka asks the old leader,
+    which answers NotLeaderForPartition, and asks it again every 100 ms without refreshing
+    its metadata; `_refresh_metadata` (what the watchdog calls) ends that."""
+    topic = f"it.moved.{unique}"
+    await ensure_topics(kafka_cluster3, [TopicSpec(topic, partitions=1, replication=3)])
+    tp = TopicPartition(topic, 0)
+    bootstrap = kafka_cluster3.bootstrap_servers
+    admin = AIOKafkaAdminClient(**kafka_cluster3.client_kwargs())
+    await admin.start()
+    producer = AIOKafkaProducer(**kafka_cluster3.client_kwargs(), acks="all", enable_idempotence=True)
+    consumer = AIOKafkaConsumer(**kafka_cluster3.client_kwargs(), enable_auto_commit=False)
+    try:
+        for _ in range(300):  # every replica in sync, so any of them can be elected
+            leader, replicas, isr = await _leader(admin, topic)
+            if len(isr) == 3:
+                break
+            await asyncio.sleep(0.2)
+        assert len(isr) == 3
+        await producer.start()
+        await producer.send_and_wait(topic, b"only", key=b"k")
+        consumer.assign([tp])
+        await consumer.start()
+        assert (await consumer.getone()).value == b"only"  # its metadata now names `leader`
+        consumer.pause(tp)  # no fetch that would answer NotLeader and refresh the metadata
+        await asyncio.sleep(1.5)  # longer than a fetch's wait: none in flight
+
+        # the same replicas, another one first; then the preferred replica is elected
+        successor = next(r for r in replicas if r != leader)
+        plan = tmp_path / "plan.json"
+        order = [successor, *(r for r in replicas if r != successor)]
+        plan.write_text(
+            json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": 0, "replicas": order}]})
+        )
+        reassign = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
+        await asyncio.to_thread(
+            _kafka_tool,
+            reassign,
+            "--bootstrap-server",
+            bootstrap,
+            "--reassignment-json-file",
+            str(plan),
+            "--execute",
+        )
+        for _ in range(100):
+            if "is completed" in await asyncio.to_thread(
+                _kafka_tool,
+                reassign,
+                "--bootstrap-server",
+                bootstrap,
+                "--reassignment-json-file",
+                str(plan),
+                "--verify",
+            ):
+                break
+        await asyncio.to_thread(
+            _kafka_tool, "org.apache.kafka.tools.LeaderElectionCommand", "--bootstrap-server", bootstrap,
+            "--election-type", "preferred", "--topic", topic, "--partition", "0",
+        )  # fmt: skip
+        for _ in range(300):
+            if (await _leader(admin, topic))[0] == successor:
+                break
+            await asyncio.sleep(0.2)
+        assert (await _leader(admin, topic))[0] == successor
+
+        consumer.seek_to_beginning(tp)  # where to read: asked of the leader its metadata names
+        assert consumer._client.cluster.leader_for_partition(tp) == leader  # stale
+        with pytest.raises(TimeoutError):  # aiokafka alone: NotLeaderForPartition, again and again
+            await asyncio.wait_for(consumer.position(tp), 3)
+        assert _refresh_metadata(consumer)
+        assert await asyncio.wait_for(consumer.position(tp), 30) == 0
+        assert consumer._client.cluster.leader_for_partition(tp) == successor
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.close()

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +23,7 @@ from consumers.worker import (
     WorkerOptions,
     _can_set_fetch_wait,
     _Rebalance,
+    _refresh_metadata,
     _set_fetch_wait,
 )
 
@@ -126,12 +127,23 @@ def test_a_consumer_without_those_fields_is_reported() -> None:
     assert not _can_set_fetch_wait(SimpleNamespace(_fetcher=SimpleNamespace()))
 
 
+class _Client:
+    """The client call `_refresh_metadata` makes, counted."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+
+    def force_metadata_update(self) -> None:
+        self.refreshes += 1
+
+
 class _Consumer:
-    """The three calls the position check makes, for partitions whose position is known
+    """The calls the position check makes, for partitions whose position is known
     (`positions`) or never comes (the rest of `assigned`)."""
 
     def __init__(self, assigned: set[TopicPartition], positions: dict[TopicPartition, int]) -> None:
         self.assigned, self.positions = assigned, positions
+        self._client = _Client()
 
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
@@ -145,8 +157,10 @@ class _Consumer:
         return self.positions[tp]
 
 
-def _worker(stall_after_s: float, registry: CollectorRegistry) -> Worker:
-    options = WorkerOptions(topics=("t",), stall_after_s=stall_after_s)
+def _worker(stall_after_s: float, registry: CollectorRegistry, refresh_after_s: float = 3.0) -> Worker:
+    options = WorkerOptions(
+        topics=("t",), stall_after_s=stall_after_s, refresh_metadata_after_s=refresh_after_s
+    )
     unused: Any = None
     return Worker(unused, unused, unused, Lanes("g"), options, ConsumerMetrics(registry))
 
@@ -188,6 +202,39 @@ async def test_a_position_that_comes_back_resets_the_clock() -> None:
     await asyncio.sleep(0.3)
     with pytest.raises(ConsumerStalled):
         await _check(worker, consumer)
+
+
+async def test_a_partition_without_a_position_asks_for_fresh_metadata_once_an_interval() -> None:
+    worker = _worker(10.0, CollectorRegistry(), refresh_after_s=0.3)
+    tp = TopicPartition("t", 0)
+    consumer: Any = _Consumer({tp}, {})
+    await _check(worker, consumer)  # the clock starts
+    assert consumer._client.refreshes == 0
+    await asyncio.sleep(0.35)
+    await _check(worker, consumer)
+    assert consumer._client.refreshes == 1
+    await _check(worker, consumer)  # within the interval: not again
+    assert consumer._client.refreshes == 1
+    await asyncio.sleep(0.35)
+    await _check(worker, consumer)  # still none: again
+    assert consumer._client.refreshes == 2
+    consumer.positions[tp] = 3  # found (the new leader answered)
+    await asyncio.sleep(0.35)
+    await _check(worker, consumer)
+    assert consumer._client.refreshes == 2
+
+
+async def test_aiokafka_can_still_be_asked_for_fresh_metadata() -> None:
+    """`_refresh_metadata` reaches into aiokafka: its client's synchronizer must wake."""
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")  # never started: no I/O
+    try:
+        waiter = consumer._client._md_update_waiter
+        assert not waiter.done()
+        assert _refresh_metadata(consumer)
+        assert waiter.done()
+    finally:
+        await consumer.stop()
+    assert not _refresh_metadata(cast(Any, SimpleNamespace(_client=SimpleNamespace())))
 
 
 class _StuckCommits:
