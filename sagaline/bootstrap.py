@@ -168,20 +168,41 @@ def role_credentials(settings: Settings, who: str | None) -> dict[str, str]:
         ) from None
 
 
+# The services' statements all reach their rows through an index: by key, or through a
+# partial index for what is pending or open. asyncpg prepares each statement once per
+# connection, and after five runs PostgreSQL may keep a generic plan for it, planned for the
+# table as it was then. For a table that was new, that plan is a sequential scan that tests
+# every row against every key of the batch (`order_id = ANY($1)`): its cost grows with the
+# table times the batch until an autoanalyze happens to invalidate it (docs/benchmarks.md,
+# eighteenth step). Without sequential scans the planner keeps to the index at any size; a
+# statement with no index to use still scans.
+SERVICE_SERVER_SETTINGS = {"enable_seqscan": "off"}
+
+
 async def create_pool(
-    settings: Settings, dsn: str, application_name: str = "sagaline", *, role: str | None = None
+    settings: Settings,
+    dsn: str,
+    application_name: str = "sagaline",
+    *,
+    role: str | None = None,
+    service: bool = False,
 ) -> asyncpg.Pool[Any]:
     """A connection pool whose sessions PostgreSQL shows as `application_name` (operators
     find a service's sessions in pg_stat_activity); `Unreachable` (naming host and port,
     never credentials) when PostgreSQL does not answer. `role`: whose least-privilege
-    credentials to use, when they are configured (`role_credentials`)."""
+    credentials to use, when they are configured (`role_credentials`). `service`: the pool
+    of a long-running service (its sessions plan with `SERVICE_SERVER_SETTINGS`); the CLI's
+    one-off reads and reports plan as PostgreSQL chooses."""
     credentials = role_credentials(settings, role)
     try:
         pool = await asyncpg.create_pool(
             dsn,
             min_size=settings.postgres_pool_min,
             max_size=settings.postgres_pool_max,
-            server_settings={"application_name": application_name},
+            server_settings={
+                "application_name": application_name,
+                **(SERVICE_SERVER_SETTINGS if service else {}),
+            },
             reset=_keep_session,
             user=credentials.get("user"),  # None: the DSN's
             password=credentials.get("password"),

@@ -48,7 +48,7 @@ async def serve(
     registry); a caller that runs several services in one process passes one per service."""
     ends = await endpoints(settings, start_local=False)
     pool = await create_pool(
-        settings, ends.postgres_dsn, application_name=f"sagaline-{spec.name}", role=spec.name
+        settings, ends.postgres_dsn, application_name=f"sagaline-{spec.name}", role=spec.name, service=True
     )
     registry = registry or process_registry(spec.name)
     try:

@@ -68,7 +68,7 @@ async def _run(
     kafka = ends.kafka_as(schemas[0].removeprefix(settings.saga_prefix))
     registry = process_registry("relay")
     metrics = RelayMetrics(registry)
-    pool = await create_pool(settings, ends.postgres_dsn)
+    pool = await create_pool(settings, ends.postgres_dsn, service=True)
     ops = OpsServer(
         registry,
         settings.metrics_host,
