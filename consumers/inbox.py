@@ -119,10 +119,12 @@ async def prune(conn: DbConnection, schema: str, retention_s: float, *, batch: i
     each its own short statement, so pruning never holds many row locks for long."""
     table = qualified(schema, "inbox")
     removed = 0
+    # `now()`, not `clock_timestamp()`: a stable cutoff is an index condition, a volatile one
+    # is a test of every row
     while True:
         status = await conn.execute(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
-            " WHERE processed_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
+            " WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))",
             retention_s,
             batch,
         )

@@ -79,7 +79,11 @@ def ddl(schema: str) -> str:
     -- forever: the rest of its bucket moves on, and an operator sees it (sagaline outbox parked)
     ALTER TABLE {table} ADD COLUMN IF NOT EXISTS parked_at timestamptz;
     ALTER TABLE {table} ADD COLUMN IF NOT EXISTS park_reason text;
+    -- what is pending: a bucket's rows in order (the relay's pass), a key's rows (the stage
+    -- statement's check for an earlier one). Each probe reads only its bucket's or key's
+    -- entries, never the entries of rows published since the last vacuum in other keys
     CREATE INDEX IF NOT EXISTS outbox_pending ON {table} (bucket, id) WHERE published_at IS NULL;
+    CREATE INDEX IF NOT EXISTS outbox_pending_key ON {table} (key) WHERE published_at IS NULL;
     CREATE INDEX IF NOT EXISTS outbox_published ON {table} (published_at) WHERE published_at IS NOT NULL;
     """
 
@@ -153,7 +157,7 @@ async def stage_many(
     check = (
         f"WITH staged AS ({insert} RETURNING id, bucket, key, event_id, created_at),"
         " checked AS MATERIALIZED (SELECT s.*, (s.bucket <> ALL($7::smallint[]) OR EXISTS (SELECT 1"
-        f"   FROM {table} AS o WHERE o.bucket = s.bucket AND o.key = s.key AND o.published_at IS NULL"
+        f"   FROM {table} AS o WHERE o.key = s.key AND o.published_at IS NULL"
         "   AND o.parked_at IS NULL AND o.id <> ALL($8::bigint[]))) AS waits FROM staged AS s)"
         " SELECT c.id, c.bucket, c.event_id, c.created_at, c.waits FROM checked AS c,"
         " (SELECT count(pg_notify($9, $10)) FROM checked WHERE waits) AS woken"

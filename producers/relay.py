@@ -22,6 +22,7 @@ for whatever a crash left behind.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -40,7 +41,7 @@ from producers import failpoints
 from producers.db import qualified
 from producers.errors import DeliveryError
 from producers.metrics import RelayMetrics
-from producers.outbox import Staged, notify_channel
+from producers.outbox import BUCKETS, Staged, notify_channel
 from producers.publisher import Ack, Publisher
 from producers.tracing import relay_send_span
 from schemas.codec import Record
@@ -118,19 +119,31 @@ class OutboxRelay:
         bucket a prefix of its rows, in id order). Then send them all and wait for the
         acknowledgements; the acknowledged prefix of each bucket is marked by the next pass.
         `held` (the running relay's): where the buckets of the rows read are recorded, and
-        handed rows the pass read are taken off the hand-over list (sent here, in order)."""
+        handed rows the pass read are taken off the hand-over list (sent here, in order).
+
+        Every read goes through `outbox_pending` a bucket at a time: one probe per bucket for
+        whether it has a row, then each held bucket's first rows in id order, at most an equal
+        share of the batch. So a pass reads about the rows it returns, never every pending
+        entry of the outbox (a backlog after an outage drains at the same cost a row), nor
+        the entries of rows published since the last vacuum (nineteenth step in
+        docs/benchmarks.md). A bucket that filled its share may have more: the next pass
+        runs at once."""
         self._again = False
         marks = self._unmarked
+        in_bucket = (  # bucket b's pending rows (those being marked are pending to this snapshot)
+            f"FROM {self.table} WHERE bucket = b.bucket AND published_at IS NULL AND parked_at IS NULL"
+            " AND id <> ALL($3::bigint[])"
+        )
         rows = await conn.fetch(
             f"WITH marked AS (UPDATE {self.table} SET published_at = clock_timestamp(),"
             "   attempts = attempts + 1 WHERE id = ANY($3::bigint[])),"
-            f" mine AS MATERIALIZED (SELECT bucket FROM (SELECT DISTINCT bucket FROM {self.table}"
-            "   WHERE published_at IS NULL AND parked_at IS NULL) AS pending"
-            "   WHERE pg_try_advisory_lock($1, bucket))"
-            f" SELECT id, bucket, event_id, topic, key, value, headers, created_at FROM {self.table}"
-            " WHERE bucket IN (SELECT bucket FROM mine) AND published_at IS NULL AND parked_at IS NULL"
-            "   AND id <> ALL($3::bigint[])"
-            " ORDER BY id LIMIT $2",
+            f" pending AS MATERIALIZED (SELECT bucket FROM generate_series(0, {BUCKETS - 1}) AS b(bucket)"
+            f"   WHERE EXISTS (SELECT {in_bucket})),"
+            " mine AS MATERIALIZED (SELECT bucket FROM pending WHERE pg_try_advisory_lock($1, bucket)),"
+            " share AS (SELECT (($2 + count(*) - 1) / greatest(count(*), 1))::int AS n FROM mine)"
+            " SELECT r.*, share.n AS share FROM mine AS b, share, LATERAL (SELECT id, bucket,"
+            f"   event_id, topic, key, value, headers, created_at {in_bucket} ORDER BY id LIMIT share.n)"
+            " AS r ORDER BY r.id LIMIT $2",
             self._lock_class,
             self.options.batch_size,
             marks,
@@ -138,7 +151,9 @@ class OutboxRelay:
         self._unmarked = []  # committed with the statement
         if not rows:
             return 0
-        self._again = len(rows) >= self.options.batch_size  # a full pass: more may wait
+        per_bucket = collections.Counter(row["bucket"] for row in rows)
+        # a full pass, or a bucket that filled its share: more may wait
+        self._again = len(rows) >= self.options.batch_size or max(per_bucket.values()) >= rows[0]["share"]
         staged = [_staged(row) for row in rows]
         if held is not None:
             held.update(row.bucket for row in staged)
@@ -270,9 +285,10 @@ class OutboxRelay:
         self.metrics.oldest_pending_age.labels(self.schema).set(age)
 
     async def prune(self) -> int:
-        """Delete rows published longer ago than the retention period."""
+        """Delete rows published longer ago than the retention period (a stable cutoff,
+        `now()`, so that `outbox_published` finds them)."""
         status = await self.pool.execute(
-            f"DELETE FROM {self.table} WHERE published_at < clock_timestamp() - make_interval(secs => $1)",
+            f"DELETE FROM {self.table} WHERE published_at < now() - make_interval(secs => $1)",
             self.options.retention_s,
         )
         return int(status.split()[-1])

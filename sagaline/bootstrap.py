@@ -175,8 +175,11 @@ def role_credentials(settings: Settings, who: str | None) -> dict[str, str]:
 # every row against every key of the batch (`order_id = ANY($1)`): its cost grows with the
 # table times the batch until an autoanalyze happens to invalidate it (docs/benchmarks.md,
 # eighteenth step). Without sequential scans the planner keeps to the index at any size; a
-# statement with no index to use still scans.
-SERVICE_SERVER_SETTINGS = {"enable_seqscan": "off"}
+# statement with no index to use still scans. That statement's estimate then carries the
+# planner's penalty for a disabled scan (10^10), far above `jit_above_cost`: so no JIT
+# either, which would compile such a statement on every run (350 ms for a prune that deletes
+# nothing) and never pays on statements that touch a batch of rows (nineteenth step).
+SERVICE_SERVER_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
 
 
 async def create_pool(

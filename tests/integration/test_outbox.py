@@ -110,6 +110,28 @@ async def test_relay_publishes_in_order_marks_rows_and_reports_metrics(
     )
 
 
+async def test_passes_smaller_than_the_backlog_send_each_key_in_order(
+    kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
+) -> None:
+    """A pass takes at most an equal share of its batch from each bucket it holds (here 10
+    over up to 7 buckets), so a backlog goes out over many passes, each key in order."""
+    topics = await create_topic_map(kafka, f"sh{unique}.")
+    staged = [confirmed(f"o-{i % 7}", i) for i in range(50)]
+    await stage_all(pool, pg_schema, topics, staged)
+    async with Publisher(kafka, source="/sagaline/relay") as publisher:
+        relay = OutboxRelay(pool, publisher, pg_schema, options=RelayOptions(batch_size=10))
+        passes = []
+        while sent := await relay.publish_pending(observe=False):
+            passes.append(sent)
+    assert sum(passes) == 50, passes
+    assert len(passes) >= 5, passes
+    assert await pending_rows(pool, pg_schema) == 0
+    envelopes = decoded(await read_all(kafka, topics.orders, at_least=50))
+    for key in {m.order_id for m in staged}:
+        in_order = [m for m in staged if m.order_id == key]
+        assert [e.data for e in envelopes if e.data.order_id == key] == in_order
+
+
 async def test_notify_wakes_the_relay_long_before_its_poll_interval(
     kafka: KafkaConnection, pool: asyncpg.Pool[Any], pg_schema: str, unique: str
 ) -> None:
