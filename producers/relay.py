@@ -92,6 +92,7 @@ class OutboxRelay:
         self._lock_class = zlib.crc32(schema.encode()) - 2**31  # an int4 per schema
         self._wake = asyncio.Event()
         self._again = False  # the last pass left rows it could have sent: run the next at once
+        self._behind = False  # the last pass was full: a backlog waits (no hand-overs meanwhile)
         self._unmarked: list[int] = []  # acknowledged ids the next statement marks published
         self._unmarked_since = 0.0  # monotonic time of the oldest of them
         self._held: set[int] = set()  # buckets the running relay's connection holds (dispatch)
@@ -128,7 +129,7 @@ class OutboxRelay:
         the entries of rows published since the last vacuum (nineteenth step in
         docs/benchmarks.md). A bucket that filled its share may have more: the next pass
         runs at once."""
-        self._again = False
+        self._again = self._behind = False
         marks = self._unmarked
         in_bucket = (  # bucket b's pending rows (those being marked are pending to this snapshot)
             f"FROM {self.table} WHERE bucket = b.bucket AND published_at IS NULL AND parked_at IS NULL"
@@ -151,9 +152,10 @@ class OutboxRelay:
         self._unmarked = []  # committed with the statement
         if not rows:
             return 0
+        self._behind = len(rows) >= self.options.batch_size  # a full pass: a backlog waits
         per_bucket = collections.Counter(row["bucket"] for row in rows)
-        # a full pass, or a bucket that filled its share: more may wait
-        self._again = len(rows) >= self.options.batch_size or max(per_bucket.values()) >= rows[0]["share"]
+        # or a bucket filled its share of the batch: more of it may wait
+        self._again = self._behind or max(per_bucket.values()) >= rows[0]["share"]
         staged = [_staged(row) for row in rows]
         if held is not None:
             held.update(row.bucket for row in staged)
@@ -301,7 +303,7 @@ class OutboxRelay:
         `MAX_HANDED` rows wait for it, as when the broker does not answer): every row then
         goes the NOTIFY way and waits in the table, and no stage statement looks for a key's
         earlier rows among a backlog."""
-        if not self._running or self._again or len(self._handed) >= MAX_HANDED:
+        if not self._running or self._behind or len(self._handed) >= MAX_HANDED:
             return [], []
         return sorted(self._held), list(self._unmarked)
 
