@@ -80,8 +80,9 @@ def ddl(schema: str) -> str:
     ALTER TABLE {table} ADD COLUMN IF NOT EXISTS parked_at timestamptz;
     ALTER TABLE {table} ADD COLUMN IF NOT EXISTS park_reason text;
     -- what is pending: a bucket's rows in order (the relay's pass), a key's rows (the stage
-    -- statement's check for an earlier one). Each probe reads only its bucket's or key's
-    -- entries, never the entries of rows published since the last vacuum in other keys
+    -- statement's check for an earlier one). Both are read a bucket or a key at a time with
+    -- plain index scans, which mark the entries of published rows dead the first time they
+    -- meet them: between two vacuums no read meets one twice
     CREATE INDEX IF NOT EXISTS outbox_pending ON {table} (bucket, id) WHERE published_at IS NULL;
     CREATE INDEX IF NOT EXISTS outbox_pending_key ON {table} (key) WHERE published_at IS NULL;
     CREATE INDEX IF NOT EXISTS outbox_published ON {table} (published_at) WHERE published_at IS NOT NULL;

@@ -124,11 +124,11 @@ class OutboxRelay:
 
         Every read goes through `outbox_pending` a bucket at a time: one probe per bucket for
         whether it has a row, then each held bucket's first rows in id order, at most an equal
-        share of the batch. So a pass reads about the rows it returns, never every pending
-        entry of the outbox (a backlog after an outage drains at the same cost a row), nor
-        the entries of rows published since the last vacuum (nineteenth step in
-        docs/benchmarks.md). A bucket that filled its share may have more: the next pass
-        runs at once."""
+        share of the batch. So a pass reads about the rows it returns, not every pending
+        entry of the outbox (a backlog after an outage drains at the same cost a row, once
+        the table has statistics), and meets the entry of a row published since the last
+        vacuum once at most (nineteenth step in docs/benchmarks.md). A bucket that filled
+        its share may have more: the next pass runs at once."""
         self._again = self._behind = False
         marks = self._unmarked
         in_bucket = (  # bucket b's pending rows (those being marked are pending to this snapshot)
