@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     payment_timeout_s: float = Field(default=30.0, gt=0)
     stock_timeout_s: float = Field(default=30.0, gt=0)
     worker_linger_ms: int = Field(
-        default=50,
+        default=30,
         ge=0,
         le=1000,
         description="While records reach a service fast enough that a fetch would gather at least "
