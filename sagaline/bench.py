@@ -330,6 +330,7 @@ def _latency_row(label: str, rate: float, result: DemoResult, costs: dict[str, A
         "orders_per_s": round(rate, 1),
         "orders": result.orders,
         **{p: result.latency_ms.get(p) for p in ("p50", "p95", "p99")},
+        "by_second_ms": result.by_second_ms,
         "hops_ms": result.hops_ms,
         "cpu_ms_per_saga_total": costs["cpu_ms_per_saga_total"],
         "statements_per_saga": costs.get("statements_per_saga"),

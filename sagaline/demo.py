@@ -113,6 +113,11 @@ class DemoResult:
     invariants: invariants.InvariantReport
     order_ids: list[str] = field(repr=False, default_factory=list)
     offered_rate: float | None = None
+    by_second_ms: dict[str, float] = field(default_factory=dict)
+    """Open loop only: the latency's p99 within each second of requests (by when a saga's
+    last request was published), as the median over the run's seconds and the worst one
+    (`worst_at_s`: seconds after the first request). A stall shows as a worst second far above
+    the median; a load the platform cannot keep up with, as a median that climbs."""
     hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     """Where the latency went, filled in by `measure_hops` (after the run, so that measuring
     costs outside its window): for each hop (`request→order`: published → the order row
@@ -137,6 +142,7 @@ class DemoResult:
             "seconds": round(self.seconds, 2),
             "sagas_per_s": round(self.sagas_per_s, 1),
             "latency_ms": self.latency_ms,
+            "by_second_ms": self.by_second_ms,
             "hops_ms": self.hops_ms,
             "offered_rate": self.offered_rate,
             "invariants": {"checked": self.invariants.checked, "violations": self.invariants.violations},
@@ -247,11 +253,13 @@ async def run_demo(
     outcomes = Counter(
         r["status"] if r["status"] != "CANCELLED" else f"CANCELLED ({r['cancel_reason']})" for r in rows
     )
-    latencies = sorted(
-        (r["terminal_at"] - requested_at[r["order_id"]]).total_seconds() * 1000
+    timed = [
+        (requested_at[r["order_id"]], (r["terminal_at"] - requested_at[r["order_id"]]).total_seconds() * 1000)
         for r in rows
         if r["terminal_at"] is not None and r["order_id"] in requested_at
-    )
+    ]
+    latencies = sorted(latency for _, latency in timed)
+    first = min((at for at, _ in timed), default=None)
     async with (reader or pool).acquire() as conn:
         report = await invariants.check(conn, config, order_ids)
     return DemoResult(
@@ -262,6 +270,11 @@ async def run_demo(
         seconds=seconds,
         sagas_per_s=done / seconds if seconds else 0.0,
         latency_ms=percentiles(latencies),
+        by_second_ms=(
+            by_second([((at - first).total_seconds(), ms) for at, ms in timed])
+            if options.rate and first is not None
+            else {}
+        ),
         invariants=report,
         order_ids=order_ids,
         offered_rate=options.rate,
@@ -366,6 +379,24 @@ async def measure_hops(conn: DbConnection, config: SagaConfig, result: DemoResul
 def hops_line(hops: dict[str, dict[str, float]]) -> str:
     """`order→payment 10 / 41, ...`: where a saga's latency goes, hop by hop."""
     return ", ".join(f"{hop} {ms['p50']:.0f} / {ms['p99']:.0f}" for hop, ms in hops.items())
+
+
+def by_second(samples: list[tuple[float, float]]) -> dict[str, float]:
+    """(seconds into the run, latency ms) samples -> the p99 of each whole second's samples,
+    as their median over the seconds (`p99_median`), the highest (`p99_worst`) and when that
+    second began (`worst_at_s`); empty for no samples."""
+    seconds: dict[int, list[float]] = {}
+    for at, ms in samples:
+        seconds.setdefault(int(at), []).append(ms)
+    if not seconds:
+        return {}
+    p99s = {second: percentiles(sorted(values))["p99"] for second, values in seconds.items()}
+    worst = max(p99s, key=lambda second: p99s[second])
+    return {
+        "p99_median": round(statistics.median(p99s.values()), 1),
+        "p99_worst": p99s[worst],
+        "worst_at_s": float(worst),
+    }
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

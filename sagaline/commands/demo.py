@@ -159,6 +159,13 @@ def _print(result: DemoResult) -> None:
         f" p50 {latency.get('p50', 0):.0f} ms, p95 {latency.get('p95', 0):.0f} ms,"
         f" p99 {latency.get('p99', 0):.0f} ms (from each saga's last request)"
     )
+    seconds = result.by_second_ms
+    if seconds:
+        out.print(
+            f"p99 of each second's requests: median {seconds['p99_median']:.0f} ms, worst"
+            f" {seconds['p99_worst']:.0f} ms ({seconds['worst_at_s']:.0f} s in)",
+            highlight=False,
+        )
     if result.hops_ms:
         out.print("per hop, p50 / p99 ms: " + hops_line(result.hops_ms), highlight=False)
     figures = result.invariants.figures

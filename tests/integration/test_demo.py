@@ -14,7 +14,7 @@ import pytest
 
 from producers.connection import KafkaConnection
 from producers.db import qualified
-from sagaline.demo import DemoOptions, absent_services, measure_hops, percentiles, run_demo
+from sagaline.demo import DemoOptions, absent_services, by_second, measure_hops, percentiles, run_demo
 from tests.saga_support import SagaPlatform
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -110,6 +110,18 @@ async def test_a_cancelled_sagas_latency_runs_from_its_cancellation(
         )
         assert result.latency_ms == percentiles(from_cancel)
         assert result.latency_ms != percentiles(from_place)
+        # open loop: each second's p99 comes from the same latencies, by when the request went
+        first = min(result.requested_at[o] for o in result.order_ids)
+        assert result.by_second_ms == by_second(
+            [
+                (
+                    (result.requested_at[o] - first).total_seconds(),
+                    (terminal[o] - result.requested_at[o]).total_seconds() * 1000,
+                )
+                for o in result.order_ids
+            ]
+        )
+        assert result.by_second_ms["p99_worst"] <= max(from_cancel)
     finally:
         await saga.close()
 

@@ -50,6 +50,7 @@ def _result() -> dict[str, Any]:
                 "p50": 187.1,
                 "p95": 267.3,
                 "p99": 338.4,
+                "by_second_ms": {"p99_median": 180.2, "p99_worst": 516.0, "worst_at_s": 16.0},
                 "cpu_ms_per_saga_total": 17.9,
                 "statements_per_saga": 8.3,
                 "transactions_per_saga": 2.2,
@@ -71,7 +72,10 @@ def test_markdown_has_a_row_per_run_with_rates_and_costs() -> None:
         "| 1 x 6 partitions | 420.2 | 1.0 | 4.44 (order 0.8, postgresql 2.01) | 0.13 | 0.9 | 0.1"
         " | 14.3 (0.4) | 5.1 | ok |" in text
     )
-    assert "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 17.9 | 8.3 | FAILED |" in text
+    assert (
+        "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 180.2 / 516.0 (16 s) | 17.9 | 8.3 | FAILED |"
+        in text
+    )
     assert "kafka_producer_records_per_s 170,794" in text
     assert "- 25% of sustained: request→order 5 / 17, order→payment 41 / 121" in text
 
@@ -81,5 +85,22 @@ def test_tables_show_the_same_rows_in_a_terminal() -> None:
     for table in _tables(_result()):
         console.print(table)
     text = console.export_text()
-    for cell in ("420.2", "4.44", "0.13", "14.3 (0.4)", "17.9", "8.3", "FAILED", "order→payment 41 / 121"):
+    for cell in (
+        "420.2",
+        "4.44",
+        "0.13",
+        "14.3 (0.4)",
+        "180.2 / 516.0 (16 s)",
+        "17.9",
+        "8.3",
+        "FAILED",
+        "order→payment 41 / 121",
+    ):
         assert cell in text
+
+
+def test_a_run_without_seconds_says_so() -> None:
+    """Reports written before the per-second figures (or a run all at once) have none."""
+    result = _result()
+    del result["latency"][0]["by_second_ms"]
+    assert "| 338.4 | n/a | 17.9 |" in markdown(result)
