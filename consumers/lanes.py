@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import struct
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -159,7 +160,12 @@ _TIMESTAMP_TYPES = frozenset({"CREATE_TIME", "LOG_APPEND_TIME", "NO_TIMESTAMP_TY
 
 
 def origin_of(
-    headers: Headers, topic: str, partition: int, offset: int, timestamp_ms: int, lanes: Lanes
+    headers: Iterable[tuple[str, bytes | None]],
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    lanes: Lanes,
 ) -> Origin:
     """The original coordinates: from the lane headers if the record is on one of the group's
     retry lanes, else the record's own. Raises `LaneHeaderError` for a retry-lane record whose
@@ -169,7 +175,7 @@ def origin_of(
     return read_origin(headers)
 
 
-def read_origin(headers: Headers) -> Origin:
+def read_origin(headers: Iterable[tuple[str, bytes | None]]) -> Origin:
     """Parse the lane headers strictly; every value is checked against its range."""
     found: dict[str, bytes] = {}
     for name, value in headers:

@@ -269,9 +269,11 @@ class OutboxRelay:
         if not self.metrics or not rows:
             return
         now = datetime.now(UTC)
+        for topic, count in collections.Counter(row.topic for row in rows).items():
+            self.metrics.published.labels(self.schema, topic).inc(count)
+        latency = self.metrics.latency.labels(self.schema)
         for row in rows:
-            self.metrics.published.labels(self.schema, row.topic).inc()
-            self.metrics.latency.labels(self.schema).observe((now - row.created_at).total_seconds())
+            latency.observe((now - row.created_at).total_seconds())
 
     async def _observe_backlog(self) -> None:
         if not self.metrics:

@@ -10,7 +10,6 @@ which is pure — tests shuffle deliveries through it without a database.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -24,7 +23,7 @@ from consumers.spec import WorkerSpec
 from producers.db import DbConnection, qualified
 from sagas.config import SagaConfig
 from schemas import messages as m
-from schemas.values import StockLine
+from schemas.values import STOCK_LINES, StockLine
 
 ReservationStatus = Literal["reserved", "rejected", "released", "cancelled"]
 Inbound = m.PaymentCompleted | m.OrderCancelling
@@ -217,7 +216,7 @@ async def _lock_stock(conn: DbConnection, schema: str, skus: list[str]) -> dict[
 
 
 def _reservation(row: asyncpg.Record) -> Reservation:
-    lines = tuple(StockLine.model_validate(x) for x in json.loads(row["lines"]))
+    lines = STOCK_LINES.validate_json(row["lines"])
     return Reservation(row["order_id"], row["status"], lines)
 
 
@@ -234,7 +233,7 @@ def _save(ctx: HandlerContext, decisions: Decisions) -> None:
             " updated_at = clock_timestamp()",
             [r.order_id for r in rows],
             [r.status for r in rows],
-            [json.dumps([line.model_dump() for line in r.lines]) for r in rows],
+            [STOCK_LINES.dump_json(r.lines).decode() for r in rows],
         )
     if decisions.stock:
         levels = list(decisions.stock.values())

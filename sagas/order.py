@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +25,7 @@ from sagas.config import SagaConfig
 from sagas.order_state import Order, Timeouts, decide, expire, place
 from schemas import messages as m
 from schemas.envelope import Envelope
-from schemas.values import LineItem
+from schemas.values import LINE_ITEMS
 
 _COLUMNS = (
     "order_id, idempotency_key, request_hash, customer_id, currency, items, status, payment, stock,"
@@ -41,7 +40,7 @@ def _from_row(row: asyncpg.Record) -> Order:
         request_hash=row["request_hash"],
         customer_id=row["customer_id"],
         currency=row["currency"],
-        items=tuple(LineItem.model_validate(i) for i in json.loads(row["items"])),
+        items=LINE_ITEMS.validate_json(row["items"]),
         status=row["status"],
         payment=row["payment"],
         stock=row["stock"],
@@ -90,13 +89,13 @@ def save_statement(schema: str, orders: list[Order]) -> Statement:
             [o.request_hash for o in orders],
             [o.customer_id for o in orders],
             [o.currency for o in orders],
-            [json.dumps([i.model_dump() for i in o.items]) for o in orders],
+            [LINE_ITEMS.dump_json(o.items).decode() for o in orders],
             [o.status for o in orders],
             [o.payment for o in orders],
             [o.stock for o in orders],
             [o.cancel_reason for o in orders],
             [o.deadline_at for o in orders],
-            [o.total.amount_minor for o in orders],
+            [o.total_minor for o in orders],
         ),
     )
 

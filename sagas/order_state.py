@@ -54,8 +54,12 @@ class Order:
     deadline_at: datetime | None = None
 
     @property
+    def total_minor(self) -> int:
+        return sum(i.total_minor for i in self.items)
+
+    @property
     def total(self) -> Money:
-        return Money(amount_minor=sum(i.total_minor for i in self.items), currency=self.currency)
+        return Money(amount_minor=self.total_minor, currency=self.currency)
 
 
 @dataclass(frozen=True)
