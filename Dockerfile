@@ -4,6 +4,8 @@
 # (sagaline/python:3.11) and compose.local.yaml passes it in.
 ARG BASE=python:3.11.11-slim-bookworm
 FROM ${BASE}
+# lets tools/containers/compose-demo.sh remove this image's earlier builds once they are untagged
+LABEL io.sagaline.image=app
 RUN python3 -m venv /opt/sagaline
 ENV PATH=/opt/sagaline/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /app

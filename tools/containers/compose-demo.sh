@@ -37,6 +37,9 @@ if [ -n "$(leftovers)" ]; then echo "removing leftovers of an earlier run of $pr
 
 step "building the application image (sagaline:dev on sagaline/python:3.11)"
 "${compose[@]}" build -q topics
+# the build that sagaline:dev no longer names is left untagged: on the vfs storage of our own
+# dockerd it is a full copy of the image, and repeated runs filled this machine's disk
+docker image prune -f --filter "label=io.sagaline.image=app" >/dev/null || true
 step "up"
 "${compose[@]}" up -d
 step "demo: $orders orders"
