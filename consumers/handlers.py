@@ -100,6 +100,8 @@ async def lock_keys(conn: DbConnection, schema: str, keys: Iterable[str]) -> Non
 
 Handler = Callable[[HandlerContext, Any], Awaitable[None]]
 BatchHandler = Callable[[list[HandlerContext]], Awaitable[None]]
+# the keys a message's handler will lock besides its subject (`HandlerContext.lock`)
+LockKeys = Callable[[Any], Iterable[str]]
 
 
 class Handlers:
@@ -109,16 +111,24 @@ class Handlers:
     def __init__(self) -> None:
         self._by_type: dict[type[Message], Handler] = {}
         self._batch_by_type: dict[type[Message], BatchHandler] = {}
+        self._locks_by_type: dict[type[Message], LockKeys] = {}
 
     def register(self, message_type: type[Message], handler: Handler) -> None:
         self._claim(message_type)
         self._by_type[message_type] = handler
 
-    def register_batch(self, message_types: Iterable[type[Message]], handler: BatchHandler) -> None:
-        """One batch handler for these types: consecutive messages of them reach it together."""
+    def register_batch(
+        self, message_types: Iterable[type[Message]], handler: BatchHandler, *, locks: LockKeys | None = None
+    ) -> None:
+        """One batch handler for these types: consecutive messages of them reach it together.
+        `locks`: the keys the handler locks for a message besides its subject; the unit of work
+        takes them up front with the subjects' (one statement, one global order), so the
+        handler's `HandlerContext.lock` of them costs no round trip."""
         for message_type in message_types:
             self._claim(message_type)
             self._batch_by_type[message_type] = handler
+            if locks is not None:
+                self._locks_by_type[message_type] = locks
 
     def _claim(self, message_type: type[Message]) -> None:
         if message_type in self._by_type or message_type in self._batch_by_type:
@@ -136,6 +146,11 @@ class Handlers:
 
     def batch_for(self, message_type: type[Message]) -> BatchHandler | None:
         return self._batch_by_type.get(message_type)
+
+    def lock_keys(self, message: Message) -> Iterable[str]:
+        """The keys to lock for `message` besides its subject (`register_batch`'s `locks`)."""
+        locks = self._locks_by_type.get(type(message))
+        return locks(message) if locks is not None else ()
 
     def handles(self, message_type: type[Message]) -> bool:
         return message_type in self._by_type or message_type in self._batch_by_type

@@ -148,6 +148,7 @@ class UnitOfWork:
         return outcomes
 
     async def _apply_batch(self, todo: list[Outcome]) -> None:
+        keys = self._keys(todo)
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: classify(e) == "transient"),
@@ -157,14 +158,17 @@ class UnitOfWork:
             ):
                 with attempt:
                     async with self.pool.acquire() as conn:
-                        if await self._apply_fast(conn, todo):
+                        if await self._apply_fast(conn, todo, keys):
                             return
                         async with conn.transaction():
-                            await self._lock_keys(conn, todo)
+                            # the same locks as the fast path's claim, in one global order: two
+                            # batches touching the same keys can never deadlock, whichever
+                            # topics their messages came from
+                            await lock_keys(conn, self.schema, keys)
                             until = time.monotonic() + self.budget.careful_window_s
                             for outcome in todo:
                                 tries = self.budget.message_attempts if time.monotonic() < until else 1
-                                await self._apply_one(conn, outcome, _subjects(todo), tries)
+                                await self._apply_one(conn, outcome, keys, tries)
         except Exception as exc:
             failure = _failure(exc)
             if failure.failure_class == "transient":
@@ -182,19 +186,13 @@ class UnitOfWork:
             else:
                 todo[0].kind, todo[0].failure, todo[0].emitted = "dead_letter", failure, []
 
-    async def _lock_keys(self, conn: DbConnection, todo: list[Outcome]) -> None:
-        """Take the batch's per-key locks (the same ones `HandlerContext.lock` takes) up front,
-        in one global order: two batches touching the same orders can then never deadlock,
-        whichever topics their messages came from."""
-        await lock_keys(conn, self.schema, _subjects(todo))
-
-    async def _apply_fast(self, conn: DbConnection, todo: list[Outcome]) -> bool:
+    async def _apply_fast(self, conn: DbConnection, todo: list[Outcome], keys: frozenset[str]) -> bool:
         """The whole batch in one go; False (everything rolled back) if any message failed."""
         try:
             async with conn.transaction():
-                # the batch's key locks (`_lock_keys`), then its inbox rows: one round trip
+                # the batch's key locks (`_keys`), then its inbox rows: one round trip
                 claimed = await self.inbox.claim(
-                    conn, [(o.envelope, o.origin.topic) for o in todo if o.envelope], lock=_subjects(todo)
+                    conn, [(o.envelope, o.origin.topic) for o in todo if o.envelope], lock=keys
                 )
                 fresh: list[Outcome] = []
                 for outcome in todo:
@@ -204,7 +202,7 @@ class UnitOfWork:
                         continue
                     claimed.discard(outcome.envelope.id)  # a second copy in the same batch is a duplicate
                     fresh.append(outcome)
-                await self._run(conn, fresh, held=_subjects(todo))
+                await self._run(conn, fresh, held=keys)
             return True
         except Exception as exc:
             if conn.is_closed():
@@ -303,6 +301,16 @@ class UnitOfWork:
             outcome.kind, outcome.emitted, outcome.failure = "applied", ctx.emitted, None
             outcome.after_commit = ctx.after_commit
 
+    def _keys(self, todo: list[Outcome]) -> frozenset[str]:
+        """What the batch locks up front: each message's subject, and the keys its handler
+        declared (`Handlers.register_batch`'s `locks`)."""
+        keys: set[str] = set()
+        for outcome in todo:
+            if outcome.envelope is not None:
+                keys.add(outcome.envelope.subject)
+                keys.update(self.handlers.lock_keys(outcome.envelope.data))
+        return frozenset(keys)
+
     def _about(self, outcome: Outcome) -> AbstractContextManager[None]:
         """Log lines written while this message is handled are about it (consumers.logcontext)."""
         record = outcome.record
@@ -345,10 +353,6 @@ def triage(record: InboundRecord, lanes: Lanes, handlers: Handlers) -> Outcome:
         own = Origin(record.topic, record.partition, record.offset, record.timestamp, "CREATE_TIME", 0, None)
         return Outcome(record, "dead_letter", own, failure=_failure(exc))
     return Outcome(record, "applied", origin, envelope)
-
-
-def _subjects(todo: list[Outcome]) -> frozenset[str]:
-    return frozenset(o.envelope.subject for o in todo if o.envelope)
 
 
 def _type_name(exc: BaseException) -> str:

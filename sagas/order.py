@@ -190,6 +190,12 @@ async def _load(conn: DbConnection, schema: str, messages: list[m.Message]) -> O
     return orders
 
 
+def key_lock(message: m.Message) -> tuple[str, ...]:
+    """What a message locks besides its order: a request, its idempotency key (two orders
+    placed with one key are told apart under it)."""
+    return (f"key:{message.idempotency_key}",) if isinstance(message, m.PlaceOrder) else ()
+
+
 def build_handlers(config: SagaConfig) -> Any:
     timeouts = Timeouts(
         timedelta(seconds=config.payment_timeout_s), timedelta(seconds=config.stock_timeout_s)
@@ -197,13 +203,12 @@ def build_handlers(config: SagaConfig) -> Any:
 
     async def apply(contexts: list[HandlerContext]) -> None:
         """Load, decide, save: a batch of requests and events in a constant number of
-        statements. Requests that share an idempotency key are serialised by a lock on the key
-        (the unit of work already holds each order id's)."""
+        statements. Requests that share an idempotency key are serialised by a lock on the key,
+        which the unit of work takes with each order id's (`key_lock`): this call then costs
+        nothing."""
         conn, schema = contexts[0].conn, contexts[0].schema
         messages = [ctx.envelope.data for ctx in contexts]
-        await contexts[0].lock(
-            *(f"key:{msg.idempotency_key}" for msg in messages if isinstance(msg, m.PlaceOrder))
-        )
+        await contexts[0].lock(*(key for msg in messages for key in key_lock(msg)))
         decided = decide_batch(await _load(conn, schema, messages), messages, datetime.now(UTC), timeouts)
         # the writes go with the outbox rows, in one round trip (HandlerContext.defer)
         if decided.changed:
@@ -234,6 +239,7 @@ def build_handlers(config: SagaConfig) -> Any:
                 m.StockReleased,
             ),
             apply,
+            locks=key_lock,
         )
         return handlers
 
