@@ -55,3 +55,11 @@ class ConsumerMetrics:
             ["group"],
             registry=registry,
         )
+        self.fetch_min_bytes = Gauge(
+            "sagaline_consumer_fetch_min_bytes",
+            "What the group's fetches ask the broker to gather before they return: 1 reacts to "
+            "every record; while lingering 256 KiB, or with CPU to spare a share of what the "
+            "linger is expected to gather (docs/consumers.md).",
+            ["group"],
+            registry=registry,
+        )

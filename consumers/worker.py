@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from consumers.diagnostics import Redactor
 from consumers.lanes import Lanes, failed_record
-from consumers.linger import FetchWait, Linger
+from consumers.linger import CpuMeter, FetchWait, Linger
 from consumers.logcontext import about_message
 from consumers.metrics import ConsumerMetrics
 from consumers.unit_of_work import InboundRecord, Outcome, UnitOfWork
@@ -64,7 +65,9 @@ class WorkerOptions:
     # > 0: while records arrive fast enough to pile up, fetches wait up to this long for them
     # (fewer, larger units of work); at lower rates every record is reacted to (consumers.linger)
     linger_ms: int = 0
-    linger_bytes: int = 256 * 1024  # a lingering fetch returns early once this much is there
+    linger_bytes: int = 256 * 1024  # the most a lingering fetch waits for (consumers.linger)
+    # how busy the machine's CPUs were lately, at most once a second, else None (`CpuMeter`)
+    machine_busy: Callable[[float], float | None] | None = None
     failure_backoff_s: float = 1.0
     # an assigned partition without a position this long: ask for fresh metadata (again every
     # as long while it has none). aiokafka's offset lookup retries a broker that no longer leads
@@ -107,6 +110,7 @@ class Worker:
                 metrics.dead_lettered.labels(self.group, failure_class)
             for lane in range(1, len(lanes.delays_s) + 1):
                 metrics.retried.labels(self.group, str(lane))
+        self._cpu = options.machine_busy or CpuMeter().reading
         self._lag_observed = 0.0
         self._unpositioned: dict[TopicPartition, float] = {}  # since when each has had no position
         self._metadata_refreshed = 0.0  # when _observe_positions last asked for fresh metadata
@@ -164,11 +168,13 @@ class Worker:
                     break
                 batch = fetch.result()
                 if linger is not None:
-                    change = linger.observe(time.monotonic(), sum(map(len, batch.values())))
+                    now = time.monotonic()
+                    change = linger.observe(now, *_records_and_bytes(batch), self._cpu(now))
                     if change is not None:
                         _set_fetch_wait(consumer, change)
                         if self.metrics:
                             self.metrics.lingering.labels(self.group).set(int(linger.lingering))
+                            self.metrics.fetch_min_bytes.labels(self.group).set(change.min_bytes)
                 if batch:
                     await self._handle_batch(consumer, batch)
                 else:
@@ -189,9 +195,11 @@ class Worker:
             self._consumer = None
 
     def _linger(self, consumer: AIOKafkaConsumer) -> Linger | None:
-        """A new consumer's fetches start out reacting to every record."""
+        """A new consumer's fetches start out as configured: reacting to every record when
+        the linger is on."""
         if self.metrics:
             self.metrics.lingering.labels(self.group).set(0)
+            self.metrics.fetch_min_bytes.labels(self.group).set(self.options.fetch_min_bytes)
         if self.options.linger_ms <= 0:
             return None
         if not _can_set_fetch_wait(consumer):
@@ -438,6 +446,19 @@ def _refresh_metadata(consumer: AIOKafkaConsumer) -> bool:
         return False
     refresh()
     return True
+
+
+def _records_and_bytes(batch: dict[TopicPartition, list[Any]]) -> tuple[int, int]:
+    """The records a poll returned and about the bytes the broker counts for them (keys,
+    values and headers; a batch's framing aside): what the linger sizes its fetches by."""
+    records = size = 0
+    for fetched in batch.values():
+        records += len(fetched)
+        for record in fetched:
+            size += max(record.serialized_key_size, 0) + max(record.serialized_value_size, 0)
+            for name, value in record.headers:
+                size += len(name) + (len(value) if value else 0)
+    return records, size
 
 
 def _can_set_fetch_wait(consumer: AIOKafkaConsumer) -> bool:

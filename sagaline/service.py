@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import TypedDict
 
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +36,20 @@ log = logging.getLogger(__name__)
 
 
 BATCH_BYTES = 256 * 1024  # what a waiting or lingering fetch collects at most
+
+
+class _FetchWait(TypedDict, total=False):
+    fetch_min_bytes: int
+    fetch_max_wait_ms: int
+    linger_ms: int
+    linger_bytes: int
+
+
+def _fetch_wait(settings: Settings, spec: WorkerSpec) -> _FetchWait:
+    """How a service's fetches wait: a fixed batch wait (the tracker), or the adaptive linger."""
+    if spec.batch_wait_ms:
+        return {"fetch_min_bytes": BATCH_BYTES, "fetch_max_wait_ms": spec.batch_wait_ms}
+    return {"linger_ms": settings.worker_linger_ms, "linger_bytes": BATCH_BYTES}
 
 
 async def serve(
@@ -87,11 +102,7 @@ async def serve(
                     topics=spec.subscribe,
                     max_records=settings.worker_max_records,
                     commit_interval_s=settings.worker_commit_interval_s,
-                    **(
-                        {"fetch_min_bytes": BATCH_BYTES, "fetch_max_wait_ms": spec.batch_wait_ms}
-                        if spec.batch_wait_ms
-                        else {"linger_ms": settings.worker_linger_ms, "linger_bytes": BATCH_BYTES}
-                    ),
+                    **_fetch_wait(settings, spec),
                     sensitive_fields=settings.redact_fields,
                     stall_after_s=settings.worker_stall_after_s,
                 ),

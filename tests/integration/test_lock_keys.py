@@ -59,7 +59,9 @@ async def held_elsewhere(dsn: str, schema: str, key: str) -> bool:
     `consumers.handlers.lock_keys_sql`)."""
     other = await asyncpg.connect(dsn)
     try:
-        free = await other.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1 || ':' || $2))", schema, key)
+        free = await other.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtext($1 || ':' || $2))", schema, key
+        )
         return not free
     finally:
         await other.close()
@@ -119,7 +121,8 @@ async def test_declared_keys_are_locked_by_the_claim_and_the_handlers_lock_sends
     assert [o.kind for o in outcomes] == ["applied", "applied"]
     assert seen == [("o-1", True, True), ("o-2", True, True)]
     locking = [s for s in statements.sent if "pg_advisory_xact_lock" in s]
-    assert len(locking) == 1 and locking[0].startswith("INSERT INTO"), statements.sent  # the claim
+    assert len(locking) == 1, statements.sent
+    assert locking[0].startswith("INSERT INTO"), statements.sent  # the claim
     assert await held_elsewhere(postgres_dsn, schema, "customer:c-1") is False  # released at the commit
 
 

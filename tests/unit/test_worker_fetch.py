@@ -4,18 +4,30 @@ reaches the fetch requests aiokafka builds."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from prometheus_client import CollectorRegistry
 
 from consumers import worker as worker_module
 from consumers.errors import classify
 from consumers.lanes import Lanes
-from consumers.linger import ENTER_EXPECTED, LEAVE_EXPECTED, WINDOW_S, FetchWait, Linger
+from consumers.linger import (
+    ENTER_EXPECTED,
+    FILL_SHARE,
+    LEAVE_EXPECTED,
+    RETUNE_SHARE,
+    SPARE_BELOW,
+    SPARE_UNTIL,
+    WINDOW_S,
+    CpuMeter,
+    FetchWait,
+    Linger,
+)
 from consumers.metrics import ConsumerMetrics
 from consumers.worker import (
     ConsumerStalled,
@@ -23,26 +35,42 @@ from consumers.worker import (
     WorkerOptions,
     _can_set_fetch_wait,
     _Rebalance,
+    _records_and_bytes,
     _refresh_metadata,
     _set_fetch_wait,
 )
 
 IDLE = FetchWait(min_bytes=1, max_wait_ms=500)
+CAP = 256 * 1024
+SIZE = 500  # bytes a record
 
 
 def linger(wait_ms: int = 50) -> Linger:
-    return Linger(wait_ms, batch_bytes=256 * 1024, idle=IDLE)
+    return Linger(wait_ms, batch_bytes=CAP, idle=IDLE)
 
 
-def feed(tracker: Linger, start: float, per_s: float, seconds: float) -> list[FetchWait]:
-    """One record per poll at `per_s`; the mode changes it reported."""
+def feed(
+    tracker: Linger,
+    start: float,
+    per_s: float,
+    seconds: float,
+    size: int = SIZE,
+    machine_busy: float | None = 0.0,
+) -> list[FetchWait]:
+    """One record of `size` bytes per poll at `per_s`, each with a reading of how busy the
+    machine is (default: idle, CPU to spare); the fetch settings it switched to."""
     changes = []
     n = int(per_s * seconds)
     for i in range(n):
-        change = tracker.observe(start + i / per_s, 1)
+        change = tracker.observe(start + i / per_s, 1, size, machine_busy)
         if change is not None:
             changes.append(change)
     return changes
+
+
+def share_of_a_wait(per_s: float, wait_ms: int = 50, size: int = SIZE) -> float:
+    """What a lingering fetch should wait for at a steady `per_s`."""
+    return FILL_SHARE * per_s * size * wait_ms / 1000
 
 
 def test_a_trickle_never_lingers() -> None:
@@ -52,11 +80,77 @@ def test_a_trickle_never_lingers() -> None:
     assert not tracker.lingering
 
 
-def test_a_stream_that_a_wait_would_gather_lingers_with_the_broker_side_wait() -> None:
+def test_a_stream_that_a_wait_would_gather_lingers_for_a_share_of_what_the_wait_gathers() -> None:
     tracker = linger(50)
-    changes = feed(tracker, 0.0, ENTER_EXPECTED / 0.050 * 2, 2.0)
-    assert changes == [FetchWait(min_bytes=256 * 1024, max_wait_ms=50)]
+    per_s = ENTER_EXPECTED / 0.050 * 2
+    changes = feed(tracker, 0.0, per_s, 2.0)
     assert tracker.lingering
+    assert changes
+    assert all(change.max_wait_ms == 50 for change in changes)
+    # a burst of this much (about a unit of work upstream) ends the wait; a steady stream
+    # fills it in FILL_SHARE of the wait
+    assert abs(tracker.current.min_bytes - share_of_a_wait(per_s)) <= RETUNE_SHARE * share_of_a_wait(per_s)
+    assert changes[-1] == tracker.current
+
+
+def test_when_records_start_to_flow_the_first_lingering_fetch_is_not_sized_for_a_trickle() -> None:
+    """The rate is taken over the time the polls cover: 0.1 s into a stream, not over a
+    one-second window that is mostly empty (which would make fetches return after a few
+    records, many small units of work just as the load arrives)."""
+    tracker = linger(50)
+    per_s = 2000.0
+    entered = feed(tracker, 0.0, per_s, 0.1)[0]
+    assert entered.max_wait_ms == 50
+    assert entered.min_bytes >= share_of_a_wait(per_s) / 3  # over a whole window: a tenth
+
+
+def test_the_share_follows_the_rate_and_stops_at_the_cap() -> None:
+    tracker = linger(50)
+    feed(tracker, 0.0, 400, 2.0)
+    before = tracker.current.min_bytes
+    assert abs(before - share_of_a_wait(400)) <= RETUNE_SHARE * share_of_a_wait(400)
+    assert feed(tracker, 2.0, 400, 2.0) == []  # a steady rate: the fetches are not retold
+    faster = feed(tracker, 4.0, 1200, 2.0)
+    assert faster
+    assert faster[-1].min_bytes > 2 * before
+    feed(tracker, 6.0, 1200, 2.0, size=100_000)
+    assert tracker.busy(8.0) == FetchWait(CAP, 50)  # 4 MB a wait: the most a fetch waits for
+
+
+def test_a_busy_machine_lingers_for_the_whole_wait_until_it_has_cpu_to_spare_again() -> None:
+    """The share costs more units of work: it is for a machine with CPU to spare. Between
+    the two thresholds the last mode holds, and no reading (None) changes nothing."""
+    tracker = linger(50)
+    per_s = 1000.0
+    assert feed(tracker, 0.0, per_s, 1.0, machine_busy=None) == [FetchWait(CAP, 50)]  # not known: no
+    assert not tracker.spare
+    spare = feed(tracker, 1.0, per_s, 1.0, machine_busy=SPARE_BELOW - 0.1)
+    assert tracker.spare
+    assert spare[0].min_bytes < CAP
+    between = (SPARE_BELOW + SPARE_UNTIL) / 2
+    assert feed(tracker, 2.0, per_s, 1.0, machine_busy=between) == []
+    assert feed(tracker, 3.0, per_s, 1.0, machine_busy=SPARE_UNTIL + 0.05) == [FetchWait(CAP, 50)]
+    assert not tracker.spare
+    assert feed(tracker, 4.0, per_s, 1.0, machine_busy=between) == []
+    assert not tracker.spare
+    assert feed(tracker, 5.0, per_s, 0.1, machine_busy=SPARE_BELOW - 0.01)[0].min_bytes < CAP
+
+
+def test_the_cpu_meter_reads_the_busy_share_between_two_readings(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    meter = CpuMeter(str(stat), interval_s=1.0)
+
+    def write(user: int, system: int, idle: int, iowait: int) -> None:
+        stat.write_text(f"cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4\n")
+
+    write(100, 50, 800, 50)
+    assert meter.reading(10.0) is None  # the first: nothing to compare with
+    write(160, 80, 830, 60)  # 90 busy ticks of 130
+    assert meter.reading(10.5) is None  # within the interval
+    assert meter.reading(11.0) == pytest.approx(90 / 130)
+    stat.unlink()
+    assert meter.reading(12.0) is None
+    assert CpuMeter(str(tmp_path / "none")).reading(0.0) is None
 
 
 def test_between_the_thresholds_the_mode_holds_either_way() -> None:
@@ -65,15 +159,18 @@ def test_between_the_thresholds_the_mode_holds_either_way() -> None:
     assert feed(idle, 0.0, between, 3.0) == []  # not enough to start lingering
     busy = linger(50)
     assert feed(busy, 0.0, ENTER_EXPECTED / 0.050 * 3, 2.0)  # lingering now
-    assert feed(busy, 2.0, between, 3.0) == []  # slower, but not enough to flap back
+    slower = feed(busy, 2.0, between, 3.0)  # slower, but not enough to flap back
     assert busy.lingering
+    assert all(change.max_wait_ms == 50 for change in slower)  # a smaller share, still lingering
 
 
 def test_when_records_stop_the_next_empty_poll_reacts_to_every_record_again() -> None:
     tracker = linger(50)
     feed(tracker, 0.0, 1000, 1.0)
     assert tracker.lingering
-    assert tracker.observe(1.0 + WINDOW_S / 2, 0) is None  # the last second still counts
+    fewer = tracker.observe(1.0 + WINDOW_S / 2, 0)  # the last second still counts: a smaller share
+    assert tracker.lingering
+    assert fewer is None or fewer.max_wait_ms == 50
     assert tracker.observe(1.0 + WINDOW_S + 0.01, 0) == IDLE
     assert not tracker.lingering
     assert tracker.rate(1.0 + WINDOW_S + 0.01) == 0
@@ -81,10 +178,23 @@ def test_when_records_stop_the_next_empty_poll_reacts_to_every_record_again() ->
 
 def test_the_rate_counts_every_record_of_a_poll() -> None:
     tracker = linger(50)
-    tracker.observe(10.0, 300)
-    tracker.observe(10.5, 200)
+    tracker.observe(10.0, 300, 300 * SIZE)
+    tracker.observe(10.5, 200, 200 * SIZE)
     assert tracker.rate(10.6) == 500 / WINDOW_S
     assert tracker.rate(11.2) == 200 / WINDOW_S
+
+
+def test_a_poll_is_sized_by_its_keys_values_and_headers() -> None:
+    def record(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]) -> Any:
+        return ConsumerRecord(
+            "t", 0, 0, 0, 0, key, value, None, len(key) if key else -1, len(value) if value else -1, headers
+        )
+
+    batch = {
+        TopicPartition("t", 0): [record(b"o-1", b"{}", [("ce_type", b"OrderPlaced")])],
+        TopicPartition("t", 1): [record(None, b"12345", [("empty", None)]), record(None, None, [])],
+    }
+    assert _records_and_bytes(batch) == (3, (3 + 2 + 7 + 11) + (5 + 5) + 0)
 
 
 def test_a_wait_must_be_positive() -> None:
