@@ -20,8 +20,9 @@ it; a steady stream (upstream requests) still gathers for most of the wait. That
 units of work, so it is for a machine with CPU to spare: once the machine is busier than
 `SPARE_UNTIL` of its CPU time (over the last second), a lingering fetch waits for the whole
 wait (or `batch_bytes`) again, until the machine is below `SPARE_BELOW` (docs/benchmarks.md,
-twenty-second step: on two cores it halved the saga p99 at 300 orders/s, and made it worse
-at 550/s, where the machine had no CPU left for the extra units).
+twenty-second step: on two cores it about halved the saga p99 at 300 orders/s; without the
+CPU condition it made the half and three-quarter loads worse, where the machine had no CPU
+left for the extra units).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ LEAVE_EXPECTED = 2.0  # below this many per wait, fetches react to every record 
 WINDOW_S = 1.0  # the arrival rate is measured over this much recent time
 FILL_SHARE = 0.7  # with CPU to spare, a lingering fetch returns once this share of a wait's bytes is there
 RETUNE_SHARE = 0.25  # ... and is told a new amount when the expected bytes move by more than this
-SPARE_BELOW = 0.80  # the machine's CPU has room for that while less busy than this share of its time
-SPARE_UNTIL = 0.90  # ... and no longer once busier than this (in between, the last mode holds)
+SPARE_BELOW = 0.70  # the machine's CPU has room for that while less busy than this share of its time
+SPARE_UNTIL = 0.80  # ... and no longer once busier than this (in between, the last mode holds)
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class Settings(BaseSettings):
         le=1000,
         description="While records reach a service fast enough that a fetch would gather at least "
         "four of them in this many ms, its fetches wait up to this long on the broker for records "
-        "to pile up (while the machine's CPUs are under 80% busy, only until 70% of what such a "
+        "to pile up (while the machine's CPUs are under 70% busy, only until 70% of what such a "
         "wait is expected to gather is there: a burst of events from the service upstream ends "
         "the wait), so one unit of work (transaction, relay pass, produce) serves many records; "
         "below half that rate every record is reacted to at once (0: always). Under load it costs "

@@ -78,10 +78,10 @@ async def test_a_lingering_fetch_returns_once_a_share_of_its_wait_is_there_not_a
 ) -> None:
     """Records from another service come in bursts, one per unit of work upstream: with CPU
     to spare, a burst that fills the lingering fetch's share of its wait is applied at once.
-    The wait here is
-    a minute and the stream a trickle (a wait would gather about 180 records; the share is
-    126 of them), so only the burst, not the wait, can end the fetch; and the burst is far
-    under the most a fetch waits for (256 KiB), so it must be the share that ends it."""
+    The wait here is a minute and the stream a trickle (a wait would gather about 180
+    records; the share is 126 of them), so only the burst, not the wait, can end the fetch;
+    and the burst (about 150 KB) is under the most a fetch waits for (256 KiB), so it must be
+    the share that ends it."""
     registry = CollectorRegistry()
     labels = {"group": ledger_service.group}
     streaming = asyncio.Event()
