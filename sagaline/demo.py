@@ -52,6 +52,10 @@ class DemoOptions:
     rate: float | None = None
     """Orders per second, open loop (each published at its scheduled time, whatever the
     system's state), so latency means time in the saga; None publishes all at once."""
+    tracker_trail: bool = False
+    """After the last saga ends, wait until the tracker's projection shows every saga ended
+    too (before `ended` is called, so a measured window holds the tracker's work for the
+    run), and report how long after the saga path that was (`tracker_trail_s`)."""
 
 
 SERVICES = ("order", "payment", "inventory")  # the saga's participants: whose outbox feeds whose inbox
@@ -127,6 +131,9 @@ class DemoResult:
     placed_at: dict[str, datetime] = field(repr=False, default_factory=dict)  # PlaceOrder published
     requested_at: dict[str, datetime] = field(repr=False, default_factory=dict)  # the last request
     started_at: datetime | None = field(repr=False, default=None)
+    tracker_trail_s: float | None = None
+    """With `DemoOptions.tracker_trail`: seconds from the last saga's end in the order
+    service to the tracker showing every saga ended (the timeout, if it never did)."""
 
     @property
     def ok(self) -> bool:
@@ -145,6 +152,7 @@ class DemoResult:
             "by_second_ms": self.by_second_ms,
             "hops_ms": self.hops_ms,
             "offered_rate": self.offered_rate,
+            "tracker_trail_s": None if self.tracker_trail_s is None else round(self.tracker_trail_s, 2),
             "invariants": {"checked": self.invariants.checked, "violations": self.invariants.violations},
             "money": self.invariants.figures,
         }
@@ -243,6 +251,12 @@ async def run_demo(
         pool, table, order_ids, cancels, options.timeout_s, started, progress
     )
     done = len(order_ids) - still_open
+    trail: float | None = None
+    if options.tracker_trail:
+        path_ended = time.monotonic()
+        tracked = qualified(config.schema("tracker"), "sagas")
+        limit = max(60.0, options.timeout_s - seconds)
+        trail, _ = await _wait_for_terminal(pool, tracked, order_ids, cancels, limit, path_ended, None)
     if ended is not None:
         await ended()
 
@@ -281,6 +295,7 @@ async def run_demo(
         placed_at=placed,
         requested_at=requested_at,
         started_at=started_at,
+        tracker_trail_s=trail,
     )
 
 

@@ -99,6 +99,7 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         "transactions",
         "WAL kB (full pages)",
         "records",
+        "tracker trails s",
         "ok",
     ):
         sustained.add_column(column)
@@ -142,6 +143,7 @@ def _sustained_cells(row: dict[str, Any]) -> list[str]:
         str(row.get("transactions_per_saga", "n/a")),
         _wal(row),
         str(row["kafka_records_per_saga"]),
+        str(row.get("tracker_trail_s") if row.get("tracker_trail_s") is not None else "n/a"),
         "ok" if row["invariants_ok"] else "FAILED",
     ]
 
@@ -195,8 +197,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| layout | sagas/s | ratio | CPU ms/saga (by process) | load generator CPU ms/saga"
         " | statements/saga | transactions/saga | WAL kB/saga (full-page images) | Kafka records/saga"
-        " | invariants |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | tracker trails s | invariants |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(_sustained_cells(row)) + " |" for row in result["sustained"]]
     if result.get("latency"):

@@ -53,7 +53,7 @@ async def test_a_burst_is_measured_from_its_first_order_to_its_last_saga(
 ) -> None:
     """All at once, through three senders: every saga ends; the measuring window opens after
     the seeding (the accounts are there) before the first order is published, and closes
-    once every order has ended."""
+    once every order has ended — and, asked to, once the tracker's projection shows it."""
     saga = SagaPlatform(kafka, postgres_dsn, unique)
     await saga.setup([], [])
     try:
@@ -62,7 +62,9 @@ async def test_a_burst_is_measured_from_its_first_order_to_its_last_saga(
         assert pool is not None
         orders = qualified(saga.config.schema("order"), "orders")
         accounts = qualified(saga.config.schema("payment"), "accounts")
+        tracked = qualified(saga.config.schema("tracker"), "sagas")
         window: dict[str, datetime] = {}
+        ended_in_tracker: list[int] = []
 
         async def began() -> None:
             assert await pool.fetchval(f"SELECT count(*) FROM {accounts}") > 0  # seeded
@@ -70,14 +72,22 @@ async def test_a_burst_is_measured_from_its_first_order_to_its_last_saga(
 
         async def ended() -> None:
             window["ended"] = datetime.now(UTC)
+            ended_in_tracker.append(
+                await pool.fetchval(
+                    f"SELECT count(*) FROM {tracked} WHERE status IN ('CONFIRMED', 'CANCELLED')"
+                )
+            )
 
-        options = DemoOptions(orders=30, seed=11, concurrency=3, cancel_rate=0.0)
+        options = DemoOptions(orders=30, seed=11, concurrency=3, cancel_rate=0.0, tracker_trail=True)
         result = await run_demo(kafka, pool, saga.config, options, began=began, ended=ended)
         assert result.ok, result.as_dict()
         assert sum(result.outcomes.values()) == 30
         assert window["began"] <= min(result.placed_at.values())
         terminal = await pool.fetchval(f"SELECT max(terminal_at) FROM {orders}")
         assert max(result.placed_at.values()) <= terminal <= window["ended"]
+        assert ended_in_tracker == [30]
+        assert result.tracker_trail_s is not None
+        assert result.tracker_trail_s >= 0
     finally:
         await saga.close()
 

@@ -40,6 +40,7 @@ def _result() -> dict[str, Any]:
                 "replicas": 1,
                 "partitions": 6,
                 "ratio_to_first": 1.0,
+                "tracker_trail_s": 0.43,
             }
         ],
         "latency": [
@@ -70,7 +71,7 @@ def test_markdown_has_a_row_per_run_with_rates_and_costs() -> None:
     assert "### `sagaline bench` — 2026-11-22 20:00 UTC" in text
     assert (
         "| 1 x 6 partitions | 420.2 | 1.0 | 4.44 (order 0.8, postgresql 2.01) | 0.13 | 0.9 | 0.1"
-        " | 14.3 (0.4) | 5.1 | ok |" in text
+        " | 14.3 (0.4) | 5.1 | 0.43 | ok |" in text
     )
     assert (
         "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 180.2 / 516.0 (16 s) | 17.9 | 8.3 | FAILED |"
@@ -90,6 +91,7 @@ def test_tables_show_the_same_rows_in_a_terminal() -> None:
         "4.44",
         "0.13",
         "14.3 (0.4)",
+        "0.43",
         "180.2 / 516.0 (16 s)",
         "17.9",
         "8.3",
@@ -104,3 +106,9 @@ def test_a_run_without_seconds_says_so() -> None:
     result = _result()
     del result["latency"][0]["by_second_ms"]
     assert "| 338.4 | n/a | 17.9 |" in markdown(result)
+
+
+def test_a_run_before_the_tracker_was_waited_for_says_so() -> None:
+    result = _result()
+    del result["sustained"][0]["tracker_trail_s"]
+    assert " | 5.1 | n/a | ok |" in markdown(result)
