@@ -41,6 +41,7 @@ def _result() -> dict[str, Any]:
                 "partitions": 6,
                 "ratio_to_first": 1.0,
                 "tracker_trail_s": 0.43,
+                "sagas_per_s_with_tracker": 414.7,
             }
         ],
         "latency": [
@@ -71,7 +72,7 @@ def test_markdown_has_a_row_per_run_with_rates_and_costs() -> None:
     assert "### `sagaline bench` — 2026-11-22 20:00 UTC" in text
     assert (
         "| 1 x 6 partitions | 420.2 | 1.0 | 4.44 (order 0.8, postgresql 2.01) | 0.13 | 0.9 | 0.1"
-        " | 14.3 (0.4) | 5.1 | 0.43 | ok |" in text
+        " | 14.3 (0.4) | 5.1 | 0.43 (414.7/s) | ok |" in text
     )
     assert (
         "| 25% of sustained | 105.0 | 187.1 | 267.3 | 338.4 | 180.2 / 516.0 (16 s) | 17.9 | 8.3 | FAILED |"
@@ -91,7 +92,7 @@ def test_tables_show_the_same_rows_in_a_terminal() -> None:
         "4.44",
         "0.13",
         "14.3 (0.4)",
-        "0.43",
+        "0.43 (414.7/s)",
         "180.2 / 516.0 (16 s)",
         "17.9",
         "8.3",
