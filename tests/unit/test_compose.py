@@ -31,16 +31,6 @@ def test_the_platform_services_are_there() -> None:
         assert _services()[worker]["command"][:3] == ["sagaline", "worker", worker]
 
 
-def test_the_projections_weigh_less_than_the_saga_services_when_cores_are_contended() -> None:
-    """Docker's default weight is 1024 shares; a container's own nice values order only its
-    own threads, so the projections' lower priority is a cgroup weight here."""
-    services = _services()
-    for projection in ("tracker", "dlq"):
-        assert services[projection]["cpu_shares"] < 1024
-    for worker in ("order", "payment", "inventory"):
-        assert services[worker].get("cpu_shares", 1024) == 1024
-
-
 def test_postgres_runs_with_the_local_stacks_workload_settings_in_both_modes() -> None:
     """One set of settings, wherever PostgreSQL runs (sagaline.localstack.postgres)."""
     expected = [f"{name}={value}" for name, value in postgres.WORKLOAD_SETTINGS.items()]
