@@ -46,9 +46,6 @@ class WorkerSpec:
     fetch waits for records to pile up (up to 256 KiB), so it applies few large units of work
     instead of one per record, whatever the load. 0: the adaptive linger of the settings
     (SAGALINE_WORKER_LINGER_MS) instead."""
-    projection: bool = False
-    """True for a projection off the saga's critical path (the tracker): the process runs at
-    the lower CPU priority of SAGALINE_PROJECTION_NICE."""
     inbox: Inbox | None = None
     """Where the group claims the events it applies: None for the schema's inbox table
     (created, and pruned after SAGALINE_INBOX_RETENTION_S, by the bootstrap); a service whose

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -49,20 +48,6 @@ def run_service(main: Coroutine[Any, Any, T], event_loop: str) -> T:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
-
-
-def lower_priority(nice: int) -> int:
-    """Run this process at niceness `nice` or lower priority; returns the niceness it runs
-    at. Call it before the process starts threads: on Linux a thread's priority is its own,
-    and only threads started afterwards inherit it. Priority is never raised (that needs
-    privileges): a process started nicer stays so. A system that refuses leaves it as is."""
-    try:
-        if nice > os.getpriority(os.PRIO_PROCESS, 0):
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-            log.info("running at a lower CPU priority: nice %d", nice)
-    except OSError as exc:
-        log.warning("could not lower this process's CPU priority to nice %d: %s", nice, exc)
-    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def stop_event_on_signals() -> asyncio.Event:

@@ -171,15 +171,6 @@ class Settings(BaseSettings):
         description="How long the tracker's fetches wait for records to pile up (0: none): its "
         "projection trails the saga by up to this much, and costs far less at low load.",
     )
-    projection_nice: int = Field(
-        default=10,
-        ge=0,
-        le=19,
-        description="CPU priority (nice value, 0-19) the projections, the tracker's worker and "
-        "`sagaline dlq index`, give themselves at start. They are off every saga's path and apply "
-        "large batches at once, so on a shared machine the saga's services, Kafka and PostgreSQL "
-        "come first. 0: unchanged; a process started nicer keeps its own.",
-    )
     saga_stuck_after_s: float = Field(
         default=300.0,
         gt=0,

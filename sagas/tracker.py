@@ -227,7 +227,6 @@ def spec(config: SagaConfig) -> WorkerSpec:
         build_handlers=build_handlers,
         run_relay=False,
         batch_wait_ms=config.tracker_batch_wait_ms,
-        projection=True,
         inbox=TimelineInbox(config.schema("tracker"), topics),
         background=(gauge_loop(config.schema("tracker"), OPEN_STEPS, config.stuck_after_s),),
     )

@@ -28,14 +28,7 @@ from producers.publisher import Publisher
 from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, saga_config
 from sagaline.console import emit_json, err, fail, out, read_input, safe
 from sagaline.ops import OpsServer, process_registry
-from sagaline.runtime import (
-    configure_logging,
-    lower_priority,
-    run_service,
-    stop_event_on_signals,
-    supervised,
-    until_stopped,
-)
+from sagaline.runtime import configure_logging, run_service, stop_event_on_signals, supervised, until_stopped
 from sagaline.settings import Settings
 from sagas.config import SERVICES
 from sagas.services import SPECS
@@ -133,7 +126,6 @@ def index(
     deployment's) in PostgreSQL until SIGTERM."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, "dlq")
-    lower_priority(settings.projection_nice)  # a projection, off every saga's path
 
     async def run() -> None:
         stop = stop_event_on_signals()

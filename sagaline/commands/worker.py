@@ -11,13 +11,7 @@ from rich.table import Table
 from sagaline.bootstrap import endpoints, prepare_kafka, saga_config
 from sagaline.console import err, fail, out, safe
 from sagaline.platform import Platform
-from sagaline.runtime import (
-    configure_logging,
-    configure_tracing,
-    lower_priority,
-    run_service,
-    stop_event_on_signals,
-)
+from sagaline.runtime import configure_logging, configure_tracing, run_service, stop_event_on_signals
 from sagaline.service import serve
 from sagaline.settings import Settings
 from sagas.services import SPECS
@@ -44,8 +38,6 @@ def worker(
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, name.value)
     spec = SPECS[name.value](saga_config(settings))
-    if spec.projection:  # before any thread starts (tracing's exporter): threads inherit it
-        lower_priority(settings.projection_nice)
     stop_tracing = configure_tracing(settings, name.value)
 
     async def run() -> None:
