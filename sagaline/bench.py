@@ -12,8 +12,9 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
    (pg_stat_statements, pg_stat_database), Kafka records per saga (end offsets of the run's
    topics), and apart from them the load generator's own CPU (this process: publishing the
    orders, watching for their end), which shares the machine. The tracker, a projection
-   off the saga's path at a lower CPU priority, may trail the saga under load: the
-   measured window ends when it has caught up, and how far it trailed is reported.
+   off the saga's path, may trail the saga under load: the measured window ends when it
+   has caught up, and how far it trailed is reported, with the sagas/s counted until
+   then; the latency phase offers shares of that rate.
 3. **Latency**, open loop (each order published at its scheduled time, whatever the system
    is doing): p50/p95/p99 at 25/50/75% of the sustained rate and at 10 orders/s.
 4. **Scaling**: the sustained phase again with 2 processes per service, and with 12
