@@ -288,9 +288,9 @@ async def _costed(
     The window opens once the demo has seeded its accounts and stock, as it publishes its
     first order, and closes once its last saga has ended and the tracker's projection shows
     every saga ended (`tracker_trail_s`: how long after the saga path): a projection that
-    falls behind under load must not leave its work out of the cost. The load generator (this process: the
-    demo's publishing and its polling for the end) shares the machine; its CPU is reported
-    apart, not in the platform's total."""
+    falls behind under load must not leave its work out of the cost. The load generator
+    (this process: the demo's publishing and its polling for the end) shares the machine;
+    its CPU is reported apart, not in the platform's total."""
     stack = local_stack(settings)
     groups: dict[str, list[int]] = {}
     for child in platform.children:

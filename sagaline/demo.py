@@ -133,7 +133,8 @@ class DemoResult:
     started_at: datetime | None = field(repr=False, default=None)
     tracker_trail_s: float | None = None
     """With `DemoOptions.tracker_trail`: seconds from the last saga's end in the order
-    service to the tracker showing every saga ended (the timeout, if it never did)."""
+    service to the tracker showing every saga ended (the timeout, if it never did; None if
+    a saga never ended)."""
 
     @property
     def ok(self) -> bool:
@@ -252,7 +253,7 @@ async def run_demo(
     )
     done = len(order_ids) - still_open
     trail: float | None = None
-    if options.tracker_trail:
+    if options.tracker_trail and not still_open:  # a saga still open never shows ended
         path_ended = time.monotonic()
         tracked = qualified(config.schema("tracker"), "sagas")
         limit = max(60.0, options.timeout_s - seconds)
