@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from consumers.diagnostics import Redactor, bounded, utf8
 from consumers.errors import FailureClass, PermanentError
@@ -140,9 +140,9 @@ class LaneHeaderError(PermanentError):
     """A retry-lane record whose lane headers are missing, repeated or out of range."""
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a record first came from (kept across retries)."""
+class Origin(NamedTuple):
+    """Where a record first came from (kept across retries). A tuple: one is built for
+    every record consumed."""
 
     topic: str
     partition: int

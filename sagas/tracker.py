@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -86,7 +87,7 @@ def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
     status, step = TRANSITIONS[type(message)]
     if isinstance(message, m.PaymentCompleted):
         status = "AWAITING_STOCK"
-    reason: str | None = getattr(message, "reason", None)
+    reason: str | None = vars(message).get("reason")  # not getattr: pydantic raises (slowly) for a miss
     at, last = envelope.time, type(message).__name__
     if row is None:
         return SagaRow(message.order_id, envelope.saga_id, status or "REQUESTED", step, reason, at, at, last)
@@ -105,18 +106,21 @@ def fold(row: SagaRow | None, envelope: Envelope[m.Message]) -> SagaRow:
         new_reason = reason  # an open saga shows its latest event's reason
     else:
         new_reason = row.reason  # an ended saga's reason is final
-    return replace(
-        row,
-        status=status if applies and status else row.status,
-        step=step if moves else row.step,
-        reason=new_reason,
-        started_at=min(row.started_at, at),
-        updated_at=max(row.updated_at, at),
-        last_event=last if latest else row.last_event,
+    return SagaRow(
+        row.order_id,
+        row.saga_id,
+        status if applies and status else row.status,
+        step if moves else row.step,
+        new_reason,
+        min(row.started_at, at),
+        max(row.updated_at, at),
+        last if latest else row.last_event,
     )
 
 
-_SAGA_COLUMNS = "order_id, saga_id, status, step, reason, started_at, updated_at, last_event"
+_SAGA_FIELDS = tuple(field.name for field in fields(SagaRow))
+_SAGA_COLUMNS = ", ".join(_SAGA_FIELDS)  # the table's columns are the row's fields, in order
+_SAGA_GETTERS = tuple(map(operator.attrgetter, _SAGA_FIELDS))
 
 
 class TimelineInbox:
@@ -131,24 +135,32 @@ class TimelineInbox:
     async def claim(
         self, conn: DbConnection, events: Sequence[Delivered], *, lock: Collection[str] = ()
     ) -> set[str]:
-        envelopes = [envelope for envelope, _ in events]
+        values = [self._row(envelope) for envelope, _ in events]
+        columns = [list(column) for column in zip(*values, strict=True)] if values else [[]] * 8
         first = f" WHERE ({lock_keys_sql('$9::text', '$10')}) IS NOT NULL" if lock else ""
         rows = await conn.fetch(
             f"INSERT INTO {qualified(self.schema, 'timeline')}"
             " (event_id, order_id, saga_id, type, source, topic, occurred_at, summary)"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
             f" $7::timestamptz[], $8::text[]){first} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            [e.id for e in envelopes],
-            [e.data.order_id for e in envelopes],
-            [e.saga_id for e in envelopes],
-            [type(e.data).__name__ for e in envelopes],
-            [e.source for e in envelopes],
-            [self.topics.topic_for(type(e.data)) for e in envelopes],
-            [e.time for e in envelopes],
-            [summary(e.data) for e in envelopes],
+            *columns,
             *((self.schema, sorted(set(lock))) if lock else ()),
         )
         return {row["event_id"] for row in rows}
+
+    def _row(self, envelope: Envelope[m.Message]) -> tuple[Any, ...]:
+        message = envelope.data
+        cls = type(message)
+        return (
+            envelope.id,
+            message.order_id,
+            envelope.saga_id,
+            cls.__name__,
+            envelope.source,
+            self.topics.topic_for(cls),
+            envelope.time,
+            summary(message),
+        )
 
 
 async def record(contexts: list[HandlerContext], metrics: SagaMetrics | None = None) -> None:
@@ -165,7 +177,7 @@ async def record(contexts: list[HandlerContext], metrics: SagaMetrics | None = N
         f"SELECT {_SAGA_COLUMNS} FROM {sagas} WHERE order_id = ANY($1::text[])",
         sorted({e.data.order_id for e in envelopes}),
     )
-    state: dict[str, SagaRow] = {row["order_id"]: SagaRow(**dict(row)) for row in rows}
+    state: dict[str, SagaRow] = {row["order_id"]: SagaRow(*row) for row in rows}  # columns in field order
     changed: dict[str, SagaRow] = {}
     ended: dict[str, HandlerContext] = {}  # order id -> the context of the event that ended it
     for ctx, envelope in zip(contexts, envelopes, strict=True):
@@ -182,7 +194,7 @@ async def record(contexts: list[HandlerContext], metrics: SagaMetrics | None = N
         " ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, step = EXCLUDED.step,"
         " reason = EXCLUDED.reason, started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at,"
         " last_event = EXCLUDED.last_event",
-        *[[getattr(row, name.strip()) for row in saved] for name in _SAGA_COLUMNS.split(",")],
+        *([getter(row) for row in saved] for getter in _SAGA_GETTERS),
     )
     if metrics is not None and ended:
         steps = await conn.fetch(

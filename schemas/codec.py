@@ -9,6 +9,7 @@ whatever the bytes. It runs in two parts a consumer can also call one by one:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -34,7 +35,6 @@ EXT_SCHEMA_VERSION = "schemaversion"
 TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, as OpenTelemetry propagates it
 _PLAIN_HEADERS = frozenset({"content-type", *TRACE_HEADERS})
 _BOM = b"\xef\xbb\xbf"  # RFC 8259 lets a parser ignore it; nothing else but UTF-8 is JSON on the wire
-_ENVELOPE = Envelope[Message]  # parametrised once: pydantic looks the class up on every subscript
 
 
 class Record(NamedTuple):
@@ -116,7 +116,9 @@ def decode(
 def decode_value(
     attributes: Attributes, value: bytes | None, registry: MessageRegistry = DEFAULT_REGISTRY
 ) -> Envelope[Message]:
-    """The rest of `decode`, after `read_attributes`: the other attributes and the value."""
+    """The rest of `decode`, after `read_attributes`: the other attributes and the value.
+    The envelope and its message are validated in one call; errors in the message are
+    reported before errors in the envelope's attributes."""
     attrs, cls = attributes
     version = _positive_int(attrs.get(f"ce_{EXT_SCHEMA_VERSION}", "1"), EXT_SCHEMA_VERSION)
     time = _timestamp(_required(attrs, "time"))
@@ -125,26 +127,35 @@ def decode_value(
         data = registry.upcast(cls, version, data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractViolation(f"{cls.__name__} v{version} could not be upcast: {exc!r}", []) from None
-    envelope_fields = {
-        "id": _required(attrs, "id"),
-        "source": _required(attrs, "source"),
-        "time": time,
-        "saga_id": attrs.get(f"ce_{EXT_SAGA_ID}") or None,
-        "causation_id": attrs.get(f"ce_{EXT_CAUSATION_ID}") or None,
-        "idempotency_key": attrs.get(f"ce_{EXT_IDEMPOTENCY_KEY}") or None,
-        "traceparent": attrs.get("traceparent") or None,
-        "tracestate": attrs.get("tracestate") or None,
-    }
-    message = _validated(cls, data)
-    envelope_fields["saga_id"] = envelope_fields["saga_id"] or message.order_id
+    order_id = data.get("order_id")  # the saga id by default; validated as the message's order id
+    saga_id = attrs.get(f"ce_{EXT_SAGA_ID}") or (order_id if isinstance(order_id, str) else None)
     try:
-        envelope = _ENVELOPE(data=message, **envelope_fields)
+        envelope = _envelope_of(cls).model_validate(
+            {
+                "id": _required(attrs, "id"),
+                "source": _required(attrs, "source"),
+                "time": time,
+                "saga_id": saga_id,
+                "causation_id": attrs.get(f"ce_{EXT_CAUSATION_ID}") or None,
+                "idempotency_key": attrs.get(f"ce_{EXT_IDEMPOTENCY_KEY}") or None,
+                "traceparent": attrs.get("traceparent") or None,
+                "tracestate": attrs.get("tracestate") or None,
+                "data": data,
+            }
+        )
     except ValidationError as exc:
-        raise _violation("envelope", exc) from None
+        raise _envelope_violation(cls.__name__, exc) from None
     subject = attrs.get("ce_subject")
-    if subject is not None and subject != message.key:
-        raise InvalidHeader(f"ce_subject {subject!r} does not match order id {message.key!r}")
+    if subject is not None and subject != envelope.data.key:
+        raise InvalidHeader(f"ce_subject {subject!r} does not match order id {envelope.data.key!r}")
     return envelope
+
+
+@functools.cache
+def _envelope_of(cls: type[Message]) -> type[Envelope[Message]]:
+    """`Envelope[cls]`, parametrised once per class (pydantic looks the class up on every
+    subscript); its instances equal `Envelope[Message]` ones with the same fields."""
+    return Envelope[cls]  # type: ignore[valid-type]
 
 
 def _required(attrs: dict[str, str], name: str) -> str:
@@ -169,7 +180,23 @@ def _validated(cls: type[Message], data: Any) -> Message:
 
 
 def _violation(what: str, exc: ValidationError) -> ContractViolation:
-    errors = [(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"]) for e in exc.errors()]
+    return _contract_violation(what, [(_path(e["loc"]), e["msg"]) for e in exc.errors()])
+
+
+def _envelope_violation(message_name: str, exc: ValidationError) -> ContractViolation:
+    """The message's errors (paths inside it) if it has any, else the envelope's."""
+    errors = exc.errors()
+    in_data = [(_path(e["loc"][1:]), e["msg"]) for e in errors if e["loc"][:1] == ("data",)]
+    if in_data:
+        return _contract_violation(message_name, in_data)
+    return _contract_violation("envelope", [(_path(e["loc"]), e["msg"]) for e in errors])
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(root)"
+
+
+def _contract_violation(what: str, errors: list[tuple[str, str]]) -> ContractViolation:
     summary = "; ".join(f"{path}: {msg}" for path, msg in errors[:5])
     return ContractViolation(f"{what} failed validation: {summary}", errors)
 
