@@ -131,6 +131,29 @@ def test_validation_failure_names_the_field_path() -> None:
     assert "total.amount_minor" in str(caught.value)
 
 
+def test_message_errors_are_reported_before_envelope_errors() -> None:
+    """The envelope and its message are validated in one call; what is wrong with the
+    message is named by the message's type and paths inside it, and only an envelope whose
+    message is valid is reported as the envelope's fault."""
+    bad_message = {"order_id": "o-1", "total": {"amount_minor": -5, "currency": "EUR"}}
+    long_source = "x" * 300  # over the envelope's 256 characters
+    with pytest.raises(errors.ContractViolation, match=r"^OrderConfirmed failed validation") as caught:
+        decode(json.dumps(bad_message).encode(), _headers_with(ce_source=long_source))
+    assert [path for path, _ in caught.value.errors] == ["total.amount_minor"]
+    good = encode(_order_confirmed())
+    with pytest.raises(errors.ContractViolation, match=r"^envelope failed validation") as caught:
+        decode(good.value, _headers_with(ce_source=long_source))
+    assert [path for path, _ in caught.value.errors] == ["source"]
+
+
+def test_the_saga_id_defaults_to_the_order_id() -> None:
+    record = encode(_order_confirmed())
+    envelope = decode(record.value, _headers_with(ce_sagaid=None))
+    assert envelope.saga_id == envelope.data.order_id == "o-1"
+    with pytest.raises(errors.ContractViolation, match="order_id"):  # no order id: no saga id either
+        decode(b'{"total": {"amount_minor": 5, "currency": "EUR"}}', _headers_with(ce_sagaid=None))
+
+
 def test_subject_must_match_the_order_id() -> None:
     with pytest.raises(errors.InvalidHeader, match="ce_subject"):
         decode(encode(_order_confirmed()).value, _headers_with(ce_subject="o-2"))
