@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from schemas.envelope import DATA_CONTENT_TYPE, Envelope
+from schemas.envelope import DATA_CONTENT_TYPE, Envelope, dataschema_of
 from schemas.errors import ContractViolation, DecodeError, InvalidHeader, MissingHeader, NotJson
 from schemas.messages import Message
-from schemas.registry import DEFAULT_REGISTRY, TYPE_PREFIX, MessageRegistry
+from schemas.registry import DEFAULT_REGISTRY, TYPE_PREFIX, MessageRegistry, ce_type
 
 Headers = list[tuple[str, bytes | None]]  # a Kafka header value may be null
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -44,25 +44,46 @@ class Record(NamedTuple):
 
 
 def encode(envelope: Envelope[Any]) -> Record:
-    attributes = {
-        "specversion": SPECVERSION,
-        "id": envelope.id,
-        "source": envelope.source,
-        "type": envelope.type,
-        "time": envelope.time.isoformat().replace("+00:00", "Z"),
-        "subject": envelope.subject,
-        "dataschema": envelope.dataschema,
-        EXT_SAGA_ID: envelope.saga_id,
-        EXT_CAUSATION_ID: envelope.causation_id,
-        EXT_IDEMPOTENCY_KEY: envelope.idempotency_key,
-        EXT_SCHEMA_VERSION: str(envelope.schema_version),
-    }
-    headers: Headers = [("content-type", DATA_CONTENT_TYPE.encode())]
-    headers += [(f"ce_{name}", value.encode()) for name, value in attributes.items() if value is not None]
-    headers += [
-        (name, value.encode()) for name in TRACE_HEADERS if (value := getattr(envelope, name)) is not None
+    """The record of `envelope`: its data as the value, its attributes as `ce_*` headers
+    (content-type first; an attribute that is None is left out)."""
+    data: Message = envelope.data
+    type_header, dataschema_header, version_header = _class_headers(type(data))
+    subject = data.key.encode()
+    headers: Headers = [
+        _CONTENT_TYPE_HEADER,
+        _SPECVERSION_HEADER,
+        ("ce_id", envelope.id.encode()),
+        ("ce_source", envelope.source.encode()),
+        type_header,
+        ("ce_time", envelope.time.isoformat().replace("+00:00", "Z").encode()),
+        ("ce_subject", subject),
+        dataschema_header,
+        (f"ce_{EXT_SAGA_ID}", envelope.saga_id.encode()),
     ]
-    return Record(envelope.subject.encode(), envelope.data.model_dump_json().encode(), headers)
+    if envelope.causation_id is not None:
+        headers.append((f"ce_{EXT_CAUSATION_ID}", envelope.causation_id.encode()))
+    if envelope.idempotency_key is not None:
+        headers.append((f"ce_{EXT_IDEMPOTENCY_KEY}", envelope.idempotency_key.encode()))
+    headers.append(version_header)
+    if envelope.traceparent is not None:
+        headers.append(("traceparent", envelope.traceparent.encode()))
+    if envelope.tracestate is not None:
+        headers.append(("tracestate", envelope.tracestate.encode()))
+    return Record(subject, data.model_dump_json().encode(), headers)
+
+
+_CONTENT_TYPE_HEADER = ("content-type", DATA_CONTENT_TYPE.encode())
+_SPECVERSION_HEADER = ("ce_specversion", SPECVERSION.encode())
+
+
+@functools.cache
+def _class_headers(cls: type[Message]) -> tuple[tuple[str, bytes], tuple[str, bytes], tuple[str, bytes]]:
+    """The headers a message class decides: its `ce_type`, `ce_dataschema` and schema version."""
+    return (
+        ("ce_type", ce_type(cls).encode()),
+        ("ce_dataschema", dataschema_of(cls).encode()),
+        (f"ce_{EXT_SCHEMA_VERSION}", str(cls.schema_version).encode()),
+    )
 
 
 def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
