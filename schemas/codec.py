@@ -148,7 +148,9 @@ def decode_value(
         data = registry.upcast(cls, version, data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractViolation(f"{cls.__name__} v{version} could not be upcast: {exc!r}", []) from None
-    order_id = data.get("order_id")  # the saga id by default; validated as the message's order id
+    # the saga id defaults to the order id (an upcaster's output may not even be a dict:
+    # validation below says so)
+    order_id = data.get("order_id") if isinstance(data, dict) else None
     saga_id = attrs.get(f"ce_{EXT_SAGA_ID}") or (order_id if isinstance(order_id, str) else None)
     try:
         envelope = _envelope_of(cls).model_validate(

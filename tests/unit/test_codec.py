@@ -183,6 +183,15 @@ def test_older_versions_are_upcast_and_missing_upcasters_are_permanent_errors() 
     with pytest.raises(errors.UnsupportedVersion, match="no upcaster"):
         decode(json.dumps({"order": "o-9", "by": "dhl"}).encode(), v1, registry)
 
+    registry.upcaster("Shipped", from_version=1)(v1_to_v2)
+
+    @registry.upcaster("Shipped", from_version=2)
+    def broken(data: dict[str, Any]) -> Any:
+        return [data]  # not an object: a contract violation, not an AttributeError
+
+    with pytest.raises(errors.ContractViolation, match=r"^Shipped failed validation"):
+        decode(json.dumps({"order": "o-9", "by": "dhl"}).encode(), v1, registry)
+
 
 def test_place_order_rules() -> None:
     item = LineItem(sku="sku-1", quantity=2, unit_price_minor=250)
