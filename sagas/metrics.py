@@ -80,6 +80,17 @@ class SagaMetrics:
         self.step_duration.labels(step).observe(max(seconds, 0.0))
 
 
+def open_sagas_sql(schema: str, is_open: str) -> str:
+    """The gauges' query: open sagas by step, how many are stuck (unchanged for $1 seconds)
+    and the age of the oldest."""
+    return (
+        "SELECT step, count(*) AS n,"
+        " count(*) FILTER (WHERE updated_at < now() - make_interval(secs => $1)) AS stuck,"
+        " extract(epoch FROM now() - min(started_at)) AS oldest"
+        f" FROM {qualified(schema, 'sagas')} WHERE {is_open} GROUP BY step"
+    )
+
+
 class OpenSagaGauges:
     def __init__(self, registry: CollectorRegistry, steps: tuple[str, ...]) -> None:
         self.steps = steps
@@ -102,16 +113,11 @@ class OpenSagaGauges:
         for step in steps:
             self.open.labels(step)
 
-    async def refresh(self, pool: asyncpg.Pool[Any], schema: str, stuck_after_s: float) -> None:
-        """One query over the open sagas (a partial index keeps it small)."""
-        rows = await pool.fetch(
-            "SELECT step, count(*) AS n,"
-            " count(*) FILTER (WHERE updated_at < now() - make_interval(secs => $1)) AS stuck,"
-            " extract(epoch FROM now() - min(started_at)) AS oldest"
-            f" FROM {qualified(schema, 'sagas')} WHERE status NOT IN ('CONFIRMED', 'CANCELLED', 'REJECTED')"
-            " GROUP BY step",
-            stuck_after_s,
-        )
+    async def refresh(self, pool: asyncpg.Pool[Any], schema: str, is_open: str, stuck_after_s: float) -> None:
+        """One query over the open sagas, which `is_open` (an SQL condition on the row) picks
+        out through the (status, updated_at) index: its cost follows the open sagas, not
+        all the sagas ever tracked."""
+        rows = await pool.fetch(open_sagas_sql(schema, is_open), stuck_after_s)
         seen = {row["step"]: row for row in rows}
         for step in {*self.steps, *seen}:
             self.open.labels(step).set(seen[step]["n"] if step in seen else 0)
@@ -119,9 +125,10 @@ class OpenSagaGauges:
         self.oldest.set(max((float(row["oldest"]) for row in rows), default=0.0))
 
 
-def gauge_loop(schema: str, steps: tuple[str, ...], stuck_after_s: float) -> Any:
+def gauge_loop(schema: str, steps: tuple[str, ...], is_open: str, stuck_after_s: float) -> Any:
     """A background task for the tracker: refresh the open-saga gauges until stop. A failed
-    refresh is logged and tried again next time (the gauges keep their last values)."""
+    refresh is logged and tried again next time (the gauges keep their last values).
+    `is_open`: the SQL condition that a saga row is open (`sagas.tracker.open_status_sql`)."""
 
     made: dict[int, OpenSagaGauges] = {}  # a restarted loop reuses its registry's gauges
 
@@ -131,7 +138,7 @@ def gauge_loop(schema: str, steps: tuple[str, ...], stuck_after_s: float) -> Any
         gauges = made[id(registry)]
         while not stop.is_set():
             try:
-                await gauges.refresh(pool, schema, stuck_after_s)
+                await gauges.refresh(pool, schema, is_open, stuck_after_s)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("open-saga gauges not refreshed: %r", exc)
             with contextlib.suppress(TimeoutError):

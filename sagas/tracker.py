@@ -39,6 +39,20 @@ STATUS_ORDER = (
     "CANCELLED",
     "REJECTED",
 )
+# the statuses of a saga still running; its reads name these, never "not terminal" (below)
+OPEN_STATUSES = tuple(status for status in STATUS_ORDER if status not in TERMINAL_STATUSES)
+
+
+def open_status_sql() -> str:
+    """The SQL condition "the saga is open", spelled as the open statuses themselves.
+    PostgreSQL estimates `status IN (open...)` from the column's most common values: a few
+    rows when most sagas have ended. It estimates `status NOT IN (terminal...)` by
+    multiplying the selectivities of the `<>`s, as if they were independent (a sixth of the
+    table when four sagas in five are confirmed and one cancelled), and plans a parallel
+    scan of the history for a handful of open sagas."""
+    quoted = ", ".join(f"'{status}'" for status in OPEN_STATUSES)  # constants of this module
+    return f"status IN ({quoted})"
+
 
 # message type -> (status it sets, or None to keep; the step the saga is at afterwards)
 TRANSITIONS: dict[type[m.Message], tuple[str | None, str]] = {
@@ -240,7 +254,9 @@ def spec(config: SagaConfig) -> WorkerSpec:
         run_relay=False,
         batch_wait_ms=config.tracker_batch_wait_ms,
         inbox=TimelineInbox(config.schema("tracker"), topics),
-        background=(gauge_loop(config.schema("tracker"), OPEN_STEPS, config.stuck_after_s),),
+        background=(
+            gauge_loop(config.schema("tracker"), OPEN_STEPS, open_status_sql(), config.stuck_after_s),
+        ),
     )
 
 
@@ -272,9 +288,7 @@ async def list_sagas(
         clauses.append(f"status = ANY(${len(args)}::text[])")
     if stuck_for is not None:
         args.append(stuck_for)
-        clauses.append(
-            f"status <> ALL('{{{','.join(TERMINAL_STATUSES)}}}') AND updated_at < now() - ${len(args)}"
-        )
+        clauses.append(f"{open_status_sql()} AND updated_at < now() - ${len(args)}::interval")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     args.append(limit)
     rows = await conn.fetch(

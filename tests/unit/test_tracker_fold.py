@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sagas.tracker import STATUS_ORDER, SagaRow, fold
+from sagas.tracker import OPEN_STATUSES, STATUS_ORDER, TERMINAL_STATUSES, SagaRow, fold, open_status_sql
 from schemas import messages as m
 from schemas.envelope import Envelope
 from schemas.values import LineItem, Money, StockLine
@@ -120,3 +120,9 @@ def test_an_open_saga_shows_the_step_of_its_latest_event_whatever_the_arrival_or
     in_order = _fold_all(sorted(envelopes, key=lambda e: e.time))[-1]
     assert final.last_event == type(latest.data).__name__
     assert (final.step, final.reason, final.status) == (in_order.step, in_order.reason, in_order.status)
+
+
+def test_a_status_is_either_open_or_terminal_and_the_open_ones_are_named_in_sql() -> None:
+    assert set(OPEN_STATUSES) | set(TERMINAL_STATUSES) == set(STATUS_ORDER)
+    assert not set(OPEN_STATUSES) & set(TERMINAL_STATUSES)
+    assert open_status_sql() == "status IN ('REQUESTED', 'PENDING_PAYMENT', 'AWAITING_STOCK', 'CANCELLING')"
