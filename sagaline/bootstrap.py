@@ -103,6 +103,34 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
                     "not running, and Kafka/PostgreSQL are not configured: run `sagaline dev up` "
                     "or set SAGALINE_KAFKA_BOOTSTRAP and SAGALINE_POSTGRES_DSN",
                 )
+    dsn = _with_password_file(settings, stack)
+    if settings.kafka_bootstrap is None and stack.secure():  # the local stack's secure mode
+        kafka = replace(stack.kafka_connection(), sasl_username=None, sasl_password=None)
+        return Endpoints(kafka, dsn, needs_local, kafka_passwords_dir=stack.kafka_passwords_dir)
+    bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
+    return Endpoints(settings.kafka(bootstrap), dsn, needs_local, settings.kafka_passwords_dir)
+
+
+async def postgres_dsn(settings: Settings) -> str:
+    """PostgreSQL alone, for the commands that only use the database (`saga`, `outbox`, the
+    DLQ's reads): the configured DSN, or the running local stack's. Kafka need be neither
+    configured nor up."""
+    stack = local_stack(settings)
+    if settings.postgres_dsn is None:
+        status = await stack.status()
+        if not any(c.name == "postgresql" and c.ready for c in status.components):
+            raise Unreachable(
+                "the local stack",
+                str(settings.state_dir),
+                "not running, and PostgreSQL is not configured: run `sagaline dev up` "
+                "or set SAGALINE_POSTGRES_DSN",
+            )
+    return _with_password_file(settings, stack)
+
+
+def _with_password_file(settings: Settings, stack: LocalStack) -> str:
+    """The configured DSN (else the local stack's), with the password of
+    SAGALINE_POSTGRES_PASSWORD_FILE when that is set."""
     dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else stack.postgres.dsn
     if settings.postgres_password_file is not None:
         dsn = with_password(
@@ -111,11 +139,7 @@ async def endpoints(settings: Settings, *, start_local: bool) -> Endpoints:
                 settings.postgres_password_file.parent, settings.postgres_password_file.name
             ),
         )
-    if settings.kafka_bootstrap is None and stack.secure():  # the local stack's secure mode
-        kafka = replace(stack.kafka_connection(), sasl_username=None, sasl_password=None)
-        return Endpoints(kafka, dsn, needs_local, kafka_passwords_dir=stack.kafka_passwords_dir)
-    bootstrap = settings.kafka_bootstrap or stack.kafka_bootstrap()
-    return Endpoints(settings.kafka(bootstrap), dsn, needs_local, settings.kafka_passwords_dir)
+    return dsn
 
 
 async def close_pool(pool: asyncpg.Pool[Any], timeout_s: float = POOL_CLOSE_TIMEOUT_S) -> None:

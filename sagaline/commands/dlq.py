@@ -25,7 +25,7 @@ from consumers.lanes import STACKTRACE_LIMIT
 from dlq import actions, store
 from dlq import metrics as dlq_metrics
 from producers.publisher import Publisher
-from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, saga_config
+from sagaline.bootstrap import close_pool, create_pool, dlq_indexer, endpoints, postgres_dsn, saga_config
 from sagaline.console import emit_json, err, fail, out, read_input, safe
 from sagaline.ops import OpsServer, process_registry
 from sagaline.runtime import configure_logging, run_service, stop_event_on_signals, supervised, until_stopped
@@ -90,9 +90,13 @@ UNTIL = typer.Option(None, "--until", help="Last failure before (ISO 8601).")
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
-async def _with_pool(settings: Settings, work: Any) -> Any:
-    ends = await endpoints(settings, start_local=False)
-    pool = await create_pool(settings, ends.postgres_dsn, role="dlq")
+async def _with_pool(settings: Settings, work: Any, *, kafka: bool = False) -> Any:
+    """Run `work(endpoints, pool)` as the DLQ's role. Only a command that sends to Kafka
+    (`kafka`: replay, edit) needs Kafka configured; the others get None for the endpoints."""
+    ends = await endpoints(settings, start_local=False) if kafka else None
+    pool = await create_pool(
+        settings, ends.postgres_dsn if ends else await postgres_dsn(settings), role="dlq"
+    )
     try:
         async with pool.acquire() as conn:
             await store.install(conn, saga_config(settings).schema("dlq"))
@@ -367,7 +371,7 @@ def replay(
                     inbox_retention_s=settings.inbox_retention_s,
                 )
 
-    report = asyncio.run(_with_pool(settings, work))
+    report = asyncio.run(_with_pool(settings, work, kafka=True))
     if json_output:
         emit_json({"dry_run": report.dry_run, "sent": report.sent, "skipped": report.skipped,
                    "stale": report.stale,
@@ -427,7 +431,7 @@ def edit(
             )  # fmt: skip
 
     try:
-        report = asyncio.run(_with_pool(settings, work))
+        report = asyncio.run(_with_pool(settings, work, kafka=True))
     except actions.EditRefused as exc:
         if json_output:
             emit_json(

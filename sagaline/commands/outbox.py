@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from producers.db import qualified
-from sagaline.bootstrap import close_pool, create_pool, endpoints, saga_config
+from sagaline.bootstrap import close_pool, create_pool, postgres_dsn, saga_config
 from sagaline.console import emit_json, fail, out, safe
 from sagaline.settings import Settings
 from sagas.config import SERVICES
@@ -30,8 +30,7 @@ def _table(settings: Settings, service: str) -> str:
 
 
 async def _run(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
-    ends = await endpoints(settings, start_local=False)
-    pool = await create_pool(settings, ends.postgres_dsn)
+    pool = await create_pool(settings, await postgres_dsn(settings))
     try:
         return list(await pool.fetch(query, *args))
     finally:

@@ -12,7 +12,7 @@ import asyncpg
 import typer
 from rich.table import Table
 
-from sagaline.bootstrap import connect, endpoints, saga_config
+from sagaline.bootstrap import connect, postgres_dsn, saga_config
 from sagaline.console import emit_json, fail, out, safe
 from sagaline.settings import Settings
 from sagas import tracker
@@ -43,8 +43,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection[Any]:
-    ends = await endpoints(settings, start_local=False)
-    return await connect(ends.postgres_dsn)
+    return await connect(await postgres_dsn(settings))
 
 
 @app.command()

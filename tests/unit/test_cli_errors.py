@@ -93,6 +93,20 @@ def test_an_unreachable_postgresql_is_named_with_its_address_and_no_secret() -> 
     assert "hunter2" not in line
 
 
+@pytest.mark.parametrize(
+    "command", [("saga", "list"), ("outbox", "parked", "--service", "order"), ("dlq", "stats")]
+)
+def test_a_database_command_without_a_database_asks_only_for_postgresql(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SAGALINE_")}
+    env["SAGALINE_STATE_DIR"] = str(tmp_path / "state")  # no local stack there
+    line = _one_line(_cli(*command, env=env), 1)
+    assert "not running, and PostgreSQL is not configured" in line
+    assert "SAGALINE_POSTGRES_DSN" in line
+    assert "KAFKA" not in line
+
+
 def test_an_unreachable_kafka_is_named_once_without_leaking_clients(tmp_path: Path) -> None:
     port = free_port()
     payload = tmp_path / "order.json"
