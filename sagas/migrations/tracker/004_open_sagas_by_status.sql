@@ -1,4 +1,4 @@
--- The open-saga reads (the gauges, `sagaline saga list --stuck`) now name the open statuses
+-- The open-saga reads (the gauges, `sagaline saga list --stuck-for`) now name the open statuses
 -- (sagas.tracker.open_status_sql) and go through sagas_status_updated, which PostgreSQL
 -- estimates from the status column's statistics. The partial index of 002 was planned from
 -- a `NOT IN (terminal)` estimate of a sixth of the table, so it served a parallel bitmap
