@@ -23,6 +23,10 @@ Phases, each on its own fresh topics and schemas (a run token in every prefix):
    sampling) over OTLP/HTTP to a local receiver (sagaline.otlp_sink), against the base
    layout's run with tracing off: what tracing costs.
 
+6. **Latency ceiling** (with the ceilings): the saga's four hops as three bare relay
+   processes (sagaline.chain) at the offered rate of the half-load latency run, Kafka only
+   and with one transaction a hop, each with the saga's p99 against its own.
+
 Every run checks the saga invariants (sagas.invariants) for its orders, then drops its
 schemas and topics (`discard_run`) unless asked to keep them: a sustained phase writes up to a
 gigabyte to the stack, and a stack that keeps every run fills the disk.
@@ -50,6 +54,7 @@ from producers.admin import delete_topics, ensure_topics, start_admin
 from producers.connection import KafkaConnection
 from sagaline.bootstrap import Endpoints, create_pool, endpoints, local_stack, saga_config
 from sagaline.ceilings import kafka_perf, postgres_commit_rate
+from sagaline.chain import ChainOptions, run_chain
 from sagaline.costs import CpuSample, pg_counters, postmaster_pid
 from sagaline.demo import DemoOptions, DemoResult, measure_hops, run_demo
 from sagaline.localstack.kafka import KAFKA_VERSION
@@ -67,6 +72,7 @@ class BenchOptions:
     latency_seconds: float = 20.0  # each open-loop latency point
     loads: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the sustained rate
     idle_rate: float = 10.0
+    chain_load: float = 0.5  # the latency ceiling (sagaline.chain) runs at this share of sustained
     scaling: bool = True
     ceilings: bool = True
     tracing: bool = True
@@ -105,6 +111,8 @@ async def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict
         report["sustained"].append(phase["sustained"])
         if with_latency:
             report["latency"] = phase["latency"]
+    if options.ceilings and report.get("latency"):
+        report["latency_ceilings"] = await _chain_ceilings(settings, ends, report["latency"], options, say)
     first = report["sustained"][0]["sagas_per_s"]
     for row in report["sustained"]:
         row["ratio_to_first"] = round(row["sagas_per_s"] / first, 2) if first else None
@@ -131,6 +139,41 @@ async def _ceilings(settings: Settings, ends: Endpoints) -> dict[str, float]:
     bootstrap = settings.kafka_bootstrap or local_stack(settings).kafka_bootstrap()
     ceilings = await kafka_perf(settings, ends.kafka, bootstrap)
     ceilings["postgres_commits_per_s"] = round(await postgres_commit_rate(ends.postgres_dsn))
+    return ceilings
+
+
+async def _chain_ceilings(
+    settings: Settings, ends: Endpoints, latency: list[dict[str, Any]], options: BenchOptions, say: Say
+) -> list[dict[str, Any]]:
+    """The saga path's latency ceiling (sagaline.chain) at the offered rate of the latency row
+    nearest `options.chain_load` of the sustained rate, Kafka only and with a transaction a
+    hop, each against the saga's p99 at that rate."""
+    nearest = min(range(len(options.loads)), key=lambda i: abs(options.loads[i] - options.chain_load))
+    row = latency[nearest]  # the rows follow `options.loads`, then the idle rate
+    stack = local_stack(settings)
+    brokers = [pid for pid in (read_pid(node.pid_file) for node in stack.kafka_nodes()) if pid]
+    postmaster = postmaster_pid(stack.postgres.data_dir)
+    ceilings = []
+    for transactional in (False, True):
+        token = f"b{uuid.uuid4().hex[:6]}"
+        chain = ChainOptions(
+            rate=row["orders_per_s"],
+            seconds=options.latency_seconds,
+            transactional=transactional,
+            partitions=settings.topic_partitions,
+        )
+        say(
+            f"latency ceiling at {row['offered']} ({chain.rate:.0f}/s):"
+            f" the saga's four hops as bare relays{', a transaction a hop' if transactional else ''}"
+        )
+        try:
+            ceiling = await run_chain(ends, chain, token, brokers, postmaster)
+        finally:
+            if not options.keep:
+                await discard_run(ends, token)
+        ceiling["offered"] = row["offered"]
+        ceiling["saga_p99_ratio"] = round(row["p99"] / ceiling["p99"], 1) if ceiling.get("p99") else None
+        ceilings.append(ceiling)
     return ceilings
 
 

@@ -27,7 +27,9 @@ def bench(
         True, "--scaling/--no-scaling", help="Also run 2 processes per service, and twice the partitions."
     ),
     ceilings: bool = typer.Option(
-        True, "--ceilings/--no-ceilings", help="Measure Kafka's and PostgreSQL's ceilings first."
+        True,
+        "--ceilings/--no-ceilings",
+        help="Measure Kafka's and PostgreSQL's ceilings first, and the saga path's latency ceiling last.",
     ),
     tracing: bool = typer.Option(
         True,
@@ -47,7 +49,8 @@ def bench(
     """Measure the whole platform on this machine: sustained sagas/s and where its CPU goes
     (per process), SQL statements, transactions and Kafka records per saga, open-loop latency
     at 25/50/75% of the sustained rate and at 10 orders/s, with tracing on (every span
-    exported) against off, scaling to 2 processes and to twice the partitions. Starts the
+    exported) against off, scaling to 2 processes and to twice the partitions; the latency
+    ceiling: the saga's four hops as bare relays at the half-load rate. Starts the
     local stack when nothing is configured; each run works on fresh topics and schemas and
     drops them when it ends (`--keep` leaves them). Exit 1 if any run breaks an invariant.
     Takes about 10 minutes."""
@@ -129,7 +132,36 @@ def _tables(result: dict[str, Any]) -> list[Table]:
         for row in result["latency"]:
             hops.add_row(row["offered"], hops_line(row.get("hops_ms", {})))
         tables.append(hops)
+    if result.get("latency_ceilings"):
+        ceilings = Table(title="latency ceiling: the saga's four hops as bare relays, same rate, same run")
+        for column in (
+            "at",
+            "records/s",
+            "a hop",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "CPU ms/record",
+            "saga p99 / this",
+        ):
+            ceilings.add_column(column)
+        for row in result["latency_ceilings"]:
+            ceilings.add_row(*_ceiling_cells(row))
+        tables.append(ceilings)
     return tables
+
+
+def _ceiling_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        row["offered"],
+        str(row["offered_per_s"]),
+        "Kafka and one transaction" if row["transactional"] else "Kafka only",
+        str(row.get("p50", "n/a")),
+        str(row.get("p95", "n/a")),
+        str(row.get("p99", "n/a")),
+        f"{sum(row['cpu_ms_per_record'].values()):.2f} ({_by_process(row['cpu_ms_per_record'])})",
+        f"{row['saga_p99_ratio']}x" if row.get("saga_p99_ratio") is not None else "n/a",
+    ]
 
 
 def _sustained_cells(row: dict[str, Any]) -> list[str]:
@@ -219,4 +251,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(_latency_cells(row)) + " |" for row in result["latency"]]
         lines += ["", "Per hop, p50 / p99 ms:", ""]
         lines += [f"- {row['offered']}: {hops_line(row.get('hops_ms', {}))}" for row in result["latency"]]
+    if result.get("latency_ceilings"):
+        lines += [
+            "",
+            "Latency ceiling (`sagaline.chain`): the saga's four hops as bare relay processes, at the"
+            " same offered rate in the same run.",
+            "",
+            "| at | records/s | a hop | p50 ms | p95 ms | p99 ms | CPU ms/record (by process)"
+            " | saga p99 / this |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(_ceiling_cells(row)) + " |" for row in result["latency_ceilings"]]
     return "\n".join(lines) + "\n"

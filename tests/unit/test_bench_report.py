@@ -113,3 +113,44 @@ def test_a_run_before_the_tracker_was_waited_for_says_so() -> None:
     result = _result()
     del result["sustained"][0]["tracker_trail_s"]
     assert " | 5.1 | n/a | ok |" in markdown(result)
+
+
+def _with_ceilings() -> dict[str, Any]:
+    result = _result()
+    result["latency_ceilings"] = [
+        {
+            "offered": "25% of sustained",
+            "offered_per_s": 105.0,
+            "transactional": transactional,
+            "records": 2100,
+            "p50": p50,
+            "p95": 2 * p50,
+            "p99": 3 * p50,
+            "cpu_ms_per_record": {"kafka": 0.8, "postgresql": pg, "relays": 1.2},
+            "saga_p99_ratio": round(338.4 / (3 * p50), 1),
+        }
+        for transactional, p50, pg in ((False, 10.0, 0.0), (True, 30.0, 0.5))
+    ]
+    return result
+
+
+def test_the_latency_ceiling_is_a_row_per_variant_with_the_sagas_ratio() -> None:
+    text = markdown(_with_ceilings())
+    assert (
+        "| 25% of sustained | 105.0 | Kafka only | 10.0 | 20.0 | 30.0"
+        " | 2.00 (kafka 0.8, postgresql 0.0, relays 1.2) | 11.3x |" in text
+    )
+    assert (
+        "| 25% of sustained | 105.0 | Kafka and one transaction | 30.0 | 60.0 | 90.0"
+        " | 2.50 (kafka 0.8, postgresql 0.5, relays 1.2) | 3.8x |" in text
+    )
+    console = Console(width=250, record=True)
+    for table in _tables(_with_ceilings()):
+        console.print(table)
+    shown = console.export_text()
+    assert "Kafka and one transaction" in shown
+    assert "3.8x" in shown
+
+
+def test_a_report_without_the_ceiling_has_no_ceiling_table() -> None:
+    assert "Latency ceiling" not in markdown(_result())
