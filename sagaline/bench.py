@@ -161,6 +161,7 @@ async def _chain_ceilings(
             seconds=options.latency_seconds,
             transactional=transactional,
             partitions=settings.topic_partitions,
+            replication=settings.topic_replication,
         )
         say(
             f"latency ceiling at {row['offered']} ({chain.rate:.0f}/s):"
@@ -171,6 +172,8 @@ async def _chain_ceilings(
         finally:
             if not options.keep:
                 await discard_run(ends, token)
+        if ceiling["records"] < ceiling["published"]:
+            say(f"latency ceiling: {ceiling['published'] - ceiling['records']} records did not arrive")
         ceiling["offered"] = row["offered"]
         ceiling["saga_p99_ratio"] = round(row["p99"] / ceiling["p99"], 1) if ceiling.get("p99") else None
         ceilings.append(ceiling)

@@ -6,7 +6,7 @@ service again) as a chain of three relay processes that do nothing but pass a re
 
 Each relay fetches whatever is there (no linger), sends it on (acks=all, idempotent) and
 commits the fetch's offsets once the sends are acknowledged. With `transactional`, each
-fetch is also the least a participant with our guarantees does (docs/architecture.md):
+fetch is also the least a participant with our guarantees does (docs/consumers.md):
 one transaction that claims the records' ids in an inbox, loads and saves one state row
 per key and stages the records in an outbox; the sends after its commit; one statement
 that marks them sent; the offsets last. No decoding, no rules, no tracker, one record in
@@ -63,6 +63,7 @@ class ChainOptions:
     seconds: float
     transactional: bool
     partitions: int = 6
+    replication: int | None = None  # as the saga's topics: 3, capped to the brokers there are
 
 
 def tables_sql(schema: str, role: str) -> str:
@@ -159,7 +160,8 @@ async def run_chain(
     caller drops them: `bench.discard_run`), publish `rate` * `seconds` records, and report
     their latency and what the run cost each process, per record through the chain."""
     prefix, schema = f"{token}.chain.", f"{token}_chain"
-    await ensure_topics(ends.kafka, [TopicSpec(prefix + t, options.partitions, 1) for t in TOPICS])
+    specs = [TopicSpec(prefix + topic, options.partitions, options.replication) for topic in TOPICS]
+    await ensure_topics(ends.kafka, specs)
     if options.transactional:
         conn = await asyncpg.connect(ends.postgres_dsn)
         try:
@@ -183,7 +185,8 @@ async def run_chain(
         groups = {"relays": [p.pid for p in relays], "kafka": brokers}
         before = CpuSample.take(groups, postmaster)
         own = time.process_time()
-        timed = await _load(ends.kafka, prefix, options)
+        published = max(1, int(options.rate * options.seconds))
+        timed = await _load(ends.kafka, prefix, options.rate, published)
         cpu = CpuSample.take(groups, postmaster).minus(before)
         own = time.process_time() - own
     finally:
@@ -197,7 +200,8 @@ async def run_chain(
     return {
         "transactional": options.transactional,
         "offered_per_s": round(options.rate, 1),
-        "records": len(timed),
+        "published": published,
+        "records": len(timed),  # arrived on `done`; fewer than published if a relay failed
         **percentiles(sorted(ms for _, ms in timed)),
         "by_second_ms": by_second([(at - first, ms) for at, ms in timed]),
         "cpu_ms_per_record": {name: round(1000 * s / done, 2) for name, s in sorted(cpu.items())},
@@ -205,10 +209,9 @@ async def run_chain(
     }
 
 
-async def _load(kafka: KafkaConnection, prefix: str, options: ChainOptions) -> list[tuple[float, float]]:
-    """Publish on the demo's grid, each record stamped with its publication time; (when
-    published, latency ms) for each that arrived on `done`."""
-    count = max(1, int(options.rate * options.seconds))
+async def _load(kafka: KafkaConnection, prefix: str, rate: float, count: int) -> list[tuple[float, float]]:
+    """Publish `count` records at `rate` on the demo's grid, each stamped with its publication
+    time; (when published, latency ms) for each that arrived on `done`."""
     producer = AIOKafkaProducer(**kafka.client_kwargs(), **SAFE_PRODUCER_DEFAULTS)
     sink = AIOKafkaConsumer(
         prefix + "done", **kafka.client_kwargs(), auto_offset_reset="earliest", fetch_max_wait_ms=500
@@ -232,7 +235,7 @@ async def _load(kafka: KafkaConnection, prefix: str, options: ChainOptions) -> l
         sends = []
         started = time.monotonic()
         for number in range(count):
-            await asyncio.sleep(max(0.0, started + due_s(number, options.rate) - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + due_s(number, rate) - time.monotonic()))
             value = struct.pack(">d", time.time()) + pad
             sends.append(await producer.send(prefix + "ingress", value, key=b"%d" % number))
         await asyncio.gather(*sends)
