@@ -84,71 +84,65 @@ def bench(
 
 def _tables(result: dict[str, Any]) -> list[Table]:
     env = result["environment"]
-    tables = []
-    head = Table(title="environment and ceilings")
-    head.add_column("")
-    head.add_column("")
+    head = _table("environment and ceilings", ("", ""))
     for key, value in [*env.items(), *result.get("ceilings", {}).items()]:
         head.add_row(key, str(value))
-    tables.append(head)
-    sustained = Table(title="sustained (orders published at once, drained)")
-    for column in (
-        "layout",
-        "sagas/s",
-        "ratio",
-        "CPU ms/saga",
-        "load generator CPU ms/saga",
-        "statements",
-        "transactions",
-        "WAL kB (full pages)",
-        "records",
-        "tracker trails s (sagas/s with it)",
-        "ok",
-    ):
-        sustained.add_column(column)
+    sustained = _table(
+        "sustained (orders published at once, drained)",
+        (
+            "layout",
+            "sagas/s",
+            "ratio",
+            "CPU ms/saga",
+            "load generator CPU ms/saga",
+            "statements",
+            "transactions",
+            "WAL kB (full pages)",
+            "records",
+            "tracker trails s (sagas/s with it)",
+            "ok",
+        ),
+    )
     for row in result["sustained"]:
         sustained.add_row(*_sustained_cells(row))
-    tables.append(sustained)
-    latency = Table(title="latency, open loop (last request published -> saga terminal)")
-    for column in (
-        "offered",
-        "orders/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "p99 of a second: median / worst (at s)",
-        "CPU ms/saga",
-        "statements",
-        "ok",
-    ):
-        latency.add_column(column)
+    latency = _table(
+        "latency, open loop (last request published -> saga terminal)",
+        (
+            "offered",
+            "orders/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "p99 of a second: median / worst (at s)",
+            "CPU ms/saga",
+            "statements",
+            "ok",
+        ),
+    )
     for row in result.get("latency", []):
         latency.add_row(*_latency_cells(row))
-    tables.append(latency)
+    tables = [head, sustained, latency]
     if any(row.get("hops_ms") for row in result.get("latency", [])):
-        hops = Table(title="where the latency goes: per hop, p50 / p99 ms")
-        hops.add_column("offered")
-        hops.add_column("hops")
+        hops = _table("where the latency goes: per hop, p50 / p99 ms", ("offered", "hops"))
         for row in result["latency"]:
             hops.add_row(row["offered"], hops_line(row.get("hops_ms", {})))
         tables.append(hops)
     if result.get("latency_ceilings"):
-        ceilings = Table(title="latency ceiling: the saga's four hops as bare relays, same rate, same run")
-        for column in (
-            "at",
-            "records/s",
-            "a hop",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "CPU ms/record",
-            "saga p99 / this",
-        ):
-            ceilings.add_column(column)
+        ceilings = _table(
+            "latency ceiling: the saga's four hops as bare relays, same rate, same run",
+            ("at", "records/s", "a hop", "p50 ms", "p95 ms", "p99 ms", "CPU ms/record", "saga p99 / this"),
+        )
         for row in result["latency_ceilings"]:
             ceilings.add_row(*_ceiling_cells(row))
         tables.append(ceilings)
     return tables
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    return table
 
 
 def _ceiling_cells(row: dict[str, Any]) -> list[str]:
