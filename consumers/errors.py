@@ -40,6 +40,9 @@ _TRANSIENT_POSTGRES = (
     asyncpg.CannotConnectNowError,
     asyncpg.QueryCanceledError,
     asyncpg.AdminShutdownError,
+    # the server ended a session left idle in its transaction (a stalled process): the
+    # transaction rolled back, a new connection can apply the batch
+    asyncpg.IdleInTransactionSessionTimeoutError,
     asyncpg.CrashShutdownError,
     # raised on a connection the server terminated in the middle of an operation (seen when
     # PostgreSQL restarts; MagicStack/asyncpg#784); the pool replaces that connection

@@ -206,6 +206,17 @@ def role_credentials(settings: Settings, who: str | None) -> dict[str, str]:
 SERVICE_SERVER_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
 
 
+def service_server_settings(settings: Settings) -> dict[str, str]:
+    """A long-running service's session settings: `SERVICE_SERVER_SETTINGS`, and the server
+    ending a session left idle inside a transaction (a frozen process: paused, swapped out,
+    stuck in a call that never returns) after SAGALINE_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S,
+    so its row and advisory locks go to the process of its group that took its partitions
+    over. Its transaction rolls back; the process, if it wakes, finds its connection closed
+    (a transient failure: the batch is retried, the inbox drops what the other one applied)."""
+    timeout_ms = round(settings.postgres_idle_in_transaction_timeout_s * 1000)
+    return {**SERVICE_SERVER_SETTINGS, "idle_in_transaction_session_timeout": str(timeout_ms)}
+
+
 async def create_pool(
     settings: Settings,
     dsn: str,
@@ -218,8 +229,9 @@ async def create_pool(
     find a service's sessions in pg_stat_activity); `Unreachable` (naming host and port,
     never credentials) when PostgreSQL does not answer. `role`: whose least-privilege
     credentials to use, when they are configured (`role_credentials`). `service`: the pool
-    of a long-running service (its sessions plan with `SERVICE_SERVER_SETTINGS`); the CLI's
-    one-off reads and reports plan as PostgreSQL chooses."""
+    of a long-running service (its sessions take `service_server_settings`); the CLI's
+    one-off reads and reports plan as PostgreSQL chooses, and an operator's DLQ replay may
+    hold its transaction while it paces its sends."""
     credentials = role_credentials(settings, role)
     try:
         pool = await asyncpg.create_pool(
@@ -228,7 +240,7 @@ async def create_pool(
             max_size=settings.postgres_pool_max,
             server_settings={
                 "application_name": application_name,
-                **(SERVICE_SERVER_SETTINGS if service else {}),
+                **(service_server_settings(settings) if service else {}),
             },
             reset=_keep_session,
             user=credentials.get("user"),  # None: the DSN's

@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     )
     postgres_pool_min: int = Field(default=1, ge=0)
     postgres_pool_max: int = Field(default=10, ge=1)
+    postgres_idle_in_transaction_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A service's PostgreSQL session that sits idle inside a transaction this long "
+        "is ended by the server, its locks released (PostgreSQL's "
+        "idle_in_transaction_session_timeout): a frozen or stalled process then stops holding "
+        "the rows another process of its group needs. 0: never. A unit of work is idle in its "
+        "transaction only between statements (well under a second); CLI commands are not affected.",
+    )
     postgres_role_passwords_dir: Path | None = Field(
         default=None,
         description="Least privilege: a folder with one password file per role (`sagaline db roles` "

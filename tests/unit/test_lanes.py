@@ -46,6 +46,8 @@ def test_lane_names_belong_to_the_group() -> None:
             asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
             "transient",
         ),
+        (asyncpg.IdleInTransactionSessionTimeoutError("idle in transaction too long"), "transient"),
+        (asyncpg.InvalidTransactionStateError("a bug: no transaction"), "permanent"),
         (asyncpg.UniqueViolationError("dup"), "permanent"),
         (ConnectionResetError(), "transient"),
         (TimeoutError(), "transient"),

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from sagaline.bootstrap import service_server_settings
 from sagaline.settings import Settings, describe_invalid
 
 
@@ -136,3 +137,13 @@ def test_a_bad_setting_is_described_by_its_variable_without_its_value() -> None:
     described = describe_invalid(raised.value)
     assert described.startswith("invalid settings: SAGALINE_METRICS_PORT: ")
     assert "s3cret" not in described
+
+
+def test_a_services_sessions_end_an_idle_transaction_after_the_configured_time() -> None:
+    def timeout(value: str | None) -> str:
+        environ = {"SAGALINE_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S": value} if value is not None else {}
+        return service_server_settings(Settings.from_environ(environ))["idle_in_transaction_session_timeout"]
+
+    assert (timeout(None), timeout("2.5"), timeout("0")) == ("30000", "2500", "0")
+    with pytest.raises(ValidationError, match="postgres_idle_in_transaction_timeout_s"):
+        Settings.from_environ({"SAGALINE_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S": "-1"})
