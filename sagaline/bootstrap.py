@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -213,7 +214,7 @@ def service_server_settings(settings: Settings) -> dict[str, str]:
     so its row and advisory locks go to the process of its group that took its partitions
     over. Its transaction rolls back; the process, if it wakes, finds its connection closed
     (a transient failure: the batch is retried, the inbox drops what the other one applied)."""
-    timeout_ms = round(settings.postgres_idle_in_transaction_timeout_s * 1000)
+    timeout_ms = math.ceil(settings.postgres_idle_in_transaction_timeout_s * 1000)  # 0 only for 0: off
     return {**SERVICE_SERVER_SETTINGS, "idle_in_transaction_session_timeout": str(timeout_ms)}
 
 
