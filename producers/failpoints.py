@@ -10,6 +10,9 @@ of `name=action[@n]`:
 - `fail`: `FailpointOutage`, a ConnectionError, as a dependency down would (transient);
 - `on`: `enabled(name)` is true — switches a deliberate defect on, for the negative
   controls that prove the reliability checker can fail (never for anything else);
+- `stall`: the process stops at that point for good, as a frozen one would: its event
+  loop is blocked (no heartbeats, no statements) and its sessions keep whatever they hold,
+  an open transaction included; only SIGKILL ends it;
 - `@n`: act on the n-th hit only (1-based), pass the others.
 
 The points: `handler.<MessageType>` (before the handler of that type runs),
@@ -24,9 +27,10 @@ handler emits is staged twice, under two event ids).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
-ACTIONS = ("exit", "raise", "fail", "on")
+ACTIONS = ("exit", "raise", "fail", "on", "stall")
 
 
 @dataclass
@@ -54,7 +58,7 @@ def parse(spec: str) -> dict[str, tuple[str, int | None]]:
         name, _, rest = item.partition("=")
         action, _, nth = rest.partition("@")
         if not name or action not in ACTIONS or (nth and not (nth.isdigit() and int(nth) > 0)):
-            raise ValueError(f"failpoint {item!r} is not name=exit|raise|fail|on[@n]")
+            raise ValueError(f"failpoint {item!r} is not name=exit|raise|fail|on|stall[@n]")
         armed[name] = (action, int(nth) if nth else None)
     return armed
 
@@ -73,7 +77,7 @@ def _fires(name: str) -> str | None:
 
 
 def hit(name: str) -> None:
-    """Act if `name` is armed with `exit`, `raise` or `fail` (and this is its hit)."""
+    """Act if `name` is armed with `exit`, `raise`, `fail` or `stall` (and this is its hit)."""
     action = _fires(name) if name in _armed else None
     if action == "exit":
         os._exit(137)
@@ -81,6 +85,8 @@ def hit(name: str) -> None:
         raise FailpointError(f"failpoint {name}")
     if action == "fail":
         raise FailpointOutage(f"failpoint {name}")
+    while action == "stall":  # signals interrupt the sleep and it goes on (PEP 475)
+        time.sleep(3600)
 
 
 def any_armed() -> bool:

@@ -130,7 +130,8 @@ class Settings(BaseSettings):
 
     failpoints: str = Field(
         default="",
-        description="Fault injection for tests: `name=exit|raise,...` (e.g. `dlq.after-send=exit`). "
+        description="Fault injection for tests: `name=exit|raise|fail|on|stall[@n],...` "
+        "(e.g. `dlq.after-send=exit`). "
         "Never set in production.",
     )
 

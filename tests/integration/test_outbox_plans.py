@@ -9,7 +9,9 @@ test counts the buffers it touched."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -81,6 +83,28 @@ async def _fill(conn: asyncpg.Connection[Any], table: str) -> None:
     )
 
 
+async def _no_older_snapshot(conn: asyncpg.Connection[Any], timeout_s: float = 60.0) -> None:
+    """Until no other transaction in this database began before now: while one runs (another
+    test's session, an autovacuum ANALYZE of another table), the rows just published are not
+    dead to every snapshot, no scan may mark their index entries dead, and every pass reads
+    all of them (22,304 buffers here) whatever the statement. That is the test's setting
+    failing, not the statement: wait it out, or say so."""
+    since = await conn.fetchval("SELECT clock_timestamp()")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        older = await conn.fetch(
+            "SELECT pid, backend_type, application_name, state, left(query, 80) AS query"
+            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AND xact_start < $1",
+            since,
+        )
+        if not older:
+            return
+        if time.monotonic() >= deadline:
+            pytest.fail(f"transactions older than the test's rows still run: {[dict(r) for r in older]}")
+        await asyncio.sleep(0.2)
+
+
 @pytest.fixture
 async def busy(postgres_dsn: str, pg_schema: str) -> AsyncIterator[asyncpg.Pool[Any]]:
     """A service's pool on an outbox whose pending indexes hold `PUBLISHED` entries of rows
@@ -93,6 +117,7 @@ async def busy(postgres_dsn: str, pg_schema: str) -> AsyncIterator[asyncpg.Pool[
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
             await _fill(conn, table)
             await conn.execute(f"UPDATE {table} SET published_at = now()")
+            await _no_older_snapshot(conn)
         yield pool
     finally:
         await pool.close()

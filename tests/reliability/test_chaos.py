@@ -321,6 +321,43 @@ async def test_s5_a_payment_worker_paused_past_its_session_timeout_rejoins(
 
 
 @pytest.mark.chaos
+async def test_s12_a_payment_worker_frozen_inside_its_transaction_holds_nothing_for_long(
+    saga: SagaPlatform, chaos_factory: Any
+) -> None:
+    """Setup: 1,000 orders; two payment workers, the second armed with
+    `handler.OrderPlaced=stall@3`.
+    Fault: the second freezes for good inside the transaction of its third batch of
+    OrderPlaced events (claimed in the inbox, keys locked, nothing committed). Kafka gives
+    its partitions to the first after the session timeout; that batch's events come to the
+    first again, whose claim waits on the frozen transaction's rows until PostgreSQL ends
+    the idle session (SAGALINE_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S, 30 s by default).
+    Validate: every saga ends while the frozen worker is still frozen; no invariant is
+    violated. (With the timeout off, that batch's sagas would wait for as long as the
+    process stays frozen.)"""
+    workload = plan("s12.", 1000)
+    await _deploy(saga, workload)
+    chaos: Chaos = chaos_factory("S12 a payment worker frozen inside its transaction")
+    await chaos.start_all()
+    chaos.failpoints["payment"] = "handler.OrderPlaced=stall@3"
+    chaos.start("payment", instance="payment#2")
+    chaos.failpoints.pop("payment")  # nothing started later is armed
+    chaos.run.faults += 1
+    async with nemesis(chaos):
+        await chaos.publish(workload, rate=100)
+        await chaos.quiesce(workload)
+        assert chaos.alive("payment#2"), "the armed worker exited instead of freezing"
+        stalled = await saga.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sagaline-payment'"
+            " AND state = 'idle in transaction' AND now() - state_change > interval '5 s'"
+        )
+        chaos.processes["payment#2"].kill()  # SIGTERM cannot end a frozen process
+        chaos.record("signal", process="payment#2", signal="SIGKILL")
+    assert stalled == 0, "a payment session still sits idle in its transaction"
+    verdict = await chaos.verdict(workload)
+    assert verdict.ok, chaos.explain()
+
+
+@pytest.mark.chaos
 async def test_s9_postgresql_terminates_the_payment_workers_sessions_during_commits(
     saga: SagaPlatform, chaos_factory: Any
 ) -> None:

@@ -59,10 +59,11 @@ def test_database_detail_lines_and_sensitive_fields_are_redacted() -> None:
 
 
 def test_failpoints_parse_and_refuse_nonsense() -> None:
-    assert failpoints.parse("a=exit, b=raise@3, c=on") == {
+    assert failpoints.parse("a=exit, b=raise@3, c=on, d=stall@2") == {
         "a": ("exit", None),
         "b": ("raise", 3),
         "c": ("on", None),
+        "d": ("stall", 2),
     }
     for bad in ("a=explode", "a=exit@0", "a=exit@x", "=exit"):
         with pytest.raises(ValueError, match="not name=exit"):
