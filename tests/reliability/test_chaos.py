@@ -342,14 +342,21 @@ async def test_s12_a_payment_worker_frozen_inside_its_transaction_holds_nothing_
     chaos.start("payment", instance="payment#2")
     chaos.failpoints.pop("payment")  # nothing started later is armed
     chaos.run.faults += 1
+    idle = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sagaline-payment'"
+        " AND state = 'idle in transaction' AND now() - state_change > interval '5 s'"
+    )
+
+    async def frozen_in_a_transaction() -> bool:
+        return bool(await saga.scalar(idle))
+
     async with nemesis(chaos):
-        await chaos.publish(workload, rate=100)
+        publishing = asyncio.create_task(chaos.publish(workload, rate=100))
+        await wait_until(frozen_in_a_transaction, timeout_s=60)  # the fault happened as planned
+        await publishing
         await chaos.quiesce(workload)
         assert chaos.alive("payment#2"), "the armed worker exited instead of freezing"
-        stalled = await saga.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sagaline-payment'"
-            " AND state = 'idle in transaction' AND now() - state_change > interval '5 s'"
-        )
+        stalled = await saga.scalar(idle)
         chaos.processes["payment#2"].kill()  # SIGTERM cannot end a frozen process
         chaos.record("signal", process="payment#2", signal="SIGKILL")
     assert stalled == 0, "a payment session still sits idle in its transaction"
