@@ -150,9 +150,7 @@ async def _chain_ceilings(
     hop, each against the saga's p99 at that rate."""
     nearest = min(range(len(options.loads)), key=lambda i: abs(options.loads[i] - options.chain_load))
     row = latency[nearest]  # the rows follow `options.loads`, then the idle rate
-    stack = local_stack(settings)
-    brokers = [pid for pid in (read_pid(node.pid_file) for node in stack.kafka_nodes()) if pid]
-    postmaster = postmaster_pid(stack.postgres.data_dir)
+    brokers, postmaster = _stack_pids(settings)
     ceilings = []
     for transactional in (False, True):
         token = f"b{uuid.uuid4().hex[:6]}"
@@ -178,6 +176,14 @@ async def _chain_ceilings(
         ceiling["saga_p99_ratio"] = round(row["p99"] / ceiling["p99"], 1) if ceiling.get("p99") else None
         ceilings.append(ceiling)
     return ceilings
+
+
+def _stack_pids(settings: Settings) -> tuple[list[int], int | None]:
+    """The local stack's broker processes and PostgreSQL's postmaster, whose CPU a run is
+    charged (none when Kafka and PostgreSQL run elsewhere)."""
+    stack = local_stack(settings)
+    brokers = [pid for pid in (read_pid(node.pid_file) for node in stack.kafka_nodes()) if pid]
+    return brokers, postmaster_pid(stack.postgres.data_dir)
 
 
 @contextmanager
@@ -337,12 +343,10 @@ async def _costed(
     falls behind under load must not leave its work out of the cost. The load generator
     (this process: the demo's publishing and its polling for the end) shares the machine;
     its CPU is reported apart, not in the platform's total."""
-    stack = local_stack(settings)
     groups: dict[str, list[int]] = {}
     for child in platform.children:
         groups.setdefault(child.service, []).append(child.process.pid)
-    groups["kafka"] = [pid for pid in (read_pid(node.pid_file) for node in stack.kafka_nodes()) if pid]
-    postmaster = postmaster_pid(stack.postgres.data_dir)
+    groups["kafka"], postmaster = _stack_pids(settings)
     records_before = await _records(ends.kafka, token)
     meter = _Meter(pool, groups, postmaster)
     result = await run_demo(ends.kafka, pool, config, demo, began=meter.open, ended=meter.close)
